@@ -1,0 +1,41 @@
+# The two front-door commands: `make run` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: run test test-fast bench export-onnx clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving only: no torch.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+# Tests, training and export: torch, timm and the offline pretrained weights too.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[train,dev]'
+	touch $@ $(VENV)/.serve
+
+run: $(VENV)/.serve
+	$(BIN)/seesku serve
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow.
+test-fast: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/embed.py | tee bench/results/embed.json
+	$(BIN)/python bench/decode.py | tee bench/results/decode.json
+	$(BIN)/python bench/search_e2e.py | tee bench/results/search_e2e.json
+
+export-onnx: $(VENV)/.dev
+	$(BIN)/seesku export-onnx
+
+clean:
+	rm -rf $(VENV) data

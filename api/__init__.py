@@ -1,0 +1,1 @@
+"""The seesku HTTP service (FastAPI). Serving never imports torch."""

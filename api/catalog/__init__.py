@@ -1,0 +1,1 @@
+"""The catalogue: SQLite store (truth), FAISS vector index (derived), and the service that keeps them agreeing."""

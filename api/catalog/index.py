@@ -1,0 +1,161 @@
+"""The vector index: FAISS inner product over L2-normalised photo embeddings, keyed by image id.
+
+Exact (flat) search below `hnsw_threshold` vectors, HNSW above. HNSW cannot remove vectors, so removals
+there are tombstones filtered at search time, and the index is rebuilt once they pile up. The index is a
+rebuildable view of the catalogue store: snapshots are written atomically (temp file + rename) with a
+sidecar that names the model and the tombstones, and the service checks every snapshot against the store
+on start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+TOMBSTONE_REBUILD_RATIO = 0.2
+# One query at a time: OpenMP workers only add wake-up latency and fight ONNX Runtime for the cores.
+faiss.omp_set_num_threads(1)
+
+
+class FaissIndex:
+    def __init__(self, dim: int, hnsw_threshold: int = 20_000):
+        self.dim = dim
+        self.hnsw_threshold = hnsw_threshold
+        self._lock = threading.RLock()
+        self._index = self._new(hnsw=False)
+        self._tombstones: set[int] = set()
+
+    # -- construction -------------------------------------------------------------------------
+    def _new(self, hnsw: bool) -> faiss.Index:
+        if hnsw:
+            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            inner.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            inner = faiss.IndexFlatIP(self.dim)
+        return faiss.IndexIDMap2(inner)
+
+    @property
+    def is_hnsw(self) -> bool:
+        return isinstance(faiss.downcast_index(self._index.index), faiss.IndexHNSWFlat)
+
+    def rebuild(self, batches) -> None:
+        """Replace the contents with (ids, vectors) batches, e.g. from CatalogStore.iter_embeddings."""
+        ids = [np.empty(0, np.int64)]
+        vecs = [np.empty((0, self.dim), np.float32)]
+        for i, v in batches:
+            ids.append(i)
+            vecs.append(v)
+        all_ids, all_vecs = np.concatenate(ids), np.concatenate(vecs)
+        index = self._new(hnsw=len(all_ids) > self.hnsw_threshold)
+        if len(all_ids):
+            index.add_with_ids(np.ascontiguousarray(all_vecs, np.float32), all_ids)
+        with self._lock:
+            self._index, self._tombstones = index, set()
+
+    # -- mutation -----------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have {vectors.shape[1]} dimensions; the index has {self.dim}")
+        with self._lock:
+            self._index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids) -> None:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if not len(ids):
+            return
+        with self._lock:
+            if self.is_hnsw:
+                self._tombstones.update(int(i) for i in ids)
+            else:
+                self._index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def needs_rebuild(self) -> bool:
+        with self._lock:
+            total = self._index.ntotal
+            live = total - len(self._tombstones)
+            return len(self._tombstones) > TOMBSTONE_REBUILD_RATIO * max(total, 1) or (
+                self.is_hnsw != (live > self.hnsw_threshold)
+            )
+
+    # -- queries ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self._lock:
+            return self._index.ntotal - len(self._tombstones)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            all_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            if self._tombstones:
+                all_ids = all_ids[~np.isin(all_ids, np.fromiter(self._tombstones, np.int64))]
+            return all_ids
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids."""
+        query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        with self._lock:
+            selector = None
+            if allowed is not None:
+                selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+            if self._tombstones:
+                dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64)))
+                selector = dead if selector is None else faiss.IDSelectorAnd(selector, dead)
+            k = max(1, min(k, self._index.ntotal))
+            if self._index.ntotal == 0:
+                return np.empty(0, np.float32), np.empty(0, np.int64)
+            params = None
+            if selector is not None:
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) if self.is_hnsw \
+                    else faiss.SearchParameters(sel=selector)
+            elif self.is_hnsw:
+                params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+            scores, ids = self._index.search(query, k, params=params)
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: Path, model_id: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            data = faiss.serialize_index(self._index)
+            meta = {"model_id": model_id, "dim": self.dim, "tombstones": sorted(self._tombstones)}
+        _atomic_write(path, data.tobytes())
+        _atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
+
+    @classmethod
+    def load(cls, path: Path, model_id: str, dim: int, hnsw_threshold: int) -> "FaissIndex | None":
+        """The saved snapshot, or None when there is none or it belongs to another model."""
+        meta_path = path.with_suffix(".json")
+        if not path.exists() or not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("model_id") != model_id or meta.get("dim") != dim:
+                return None
+            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        except Exception:  # a damaged snapshot is just rebuilt
+            return None
+        out = cls(dim, hnsw_threshold)
+        out._index = index
+        out._tombstones = set(meta.get("tombstones", []))
+        return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,338 @@
+"""The catalogue store: products, their photos and the photos' embeddings, in SQLite (WAL).
+
+SQLite is the source of truth. The vector index is a derived, rebuildable view of the `images.embedding`
+column (see api.catalog.service), so every catalogue change is one SQLite transaction and a crash can
+never leave half a product behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS products (
+    product_id      TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    fine_category   TEXT NOT NULL,
+    coarse_category TEXT NOT NULL,
+    description     TEXT NOT NULL DEFAULT '',
+    attributes      TEXT NOT NULL DEFAULT '{}',
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS products_fine ON products(fine_category);
+CREATE INDEX IF NOT EXISTS products_coarse ON products(coarse_category);
+CREATE TABLE IF NOT EXISTS images (
+    image_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    product_id   TEXT NOT NULL REFERENCES products(product_id) ON DELETE CASCADE,
+    sha256       TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    embedding    BLOB NOT NULL,
+    model_id     TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    UNIQUE (product_id, sha256)
+);
+CREATE INDEX IF NOT EXISTS images_product ON images(product_id);
+"""
+
+PRODUCT_FIELDS = ("name", "fine_category", "coarse_category", "description", "attributes")
+
+
+@dataclass
+class Product:
+    product_id: str
+    name: str
+    fine_category: str
+    coarse_category: str
+    description: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class ImageRecord:
+    image_id: int
+    product_id: str
+    sha256: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    created_at: float
+
+
+@dataclass
+class NewImage:
+    """A decoded, embedded photo ready to be stored."""
+
+    sha256: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    embedding: np.ndarray
+
+
+class NotFound(KeyError):
+    pass
+
+
+class AlreadyExists(ValueError):
+    pass
+
+
+class CatalogStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One connection shared by the worker threads, serialised by a lock: SQLite allows one writer
+        # anyway, and the catalogue's reads are point lookups.
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged change survives a power cut, not only a crashed process.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions -------------------------------------------------------------------------
+    def _tx(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store._lock.acquire()
+                store._conn.execute("BEGIN IMMEDIATE")
+                return store._conn
+
+            def __exit__(self, exc_type, exc, tb):
+                try:
+                    store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                finally:
+                    store._lock.release()
+
+        return _Tx()
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            return cur.fetchall()
+
+    # -- products -----------------------------------------------------------------------------
+    @staticmethod
+    def _product(row) -> Product:
+        pid, name, fine, coarse, desc, attrs, created, updated = row
+        return Product(pid, name, fine, coarse, desc, json.loads(attrs), created, updated)
+
+    def get_product(self, product_id: str) -> Product:
+        rows = self._query("SELECT * FROM products WHERE product_id = ?", (product_id,))
+        if not rows:
+            raise NotFound(product_id)
+        return self._product(rows[0])
+
+    def get_products(self, product_ids: Sequence[str]) -> dict[str, Product]:
+        if not product_ids:
+            return {}
+        marks = ",".join("?" * len(product_ids))
+        rows = self._query(f"SELECT * FROM products WHERE product_id IN ({marks})", list(product_ids))
+        return {r[0]: self._product(r) for r in rows}
+
+    def list_products(self, category: str | None = None, after: str | None = None, limit: int = 50) -> list[Product]:
+        sql, params = "SELECT * FROM products WHERE 1=1", []
+        if category is not None:
+            sql += " AND (fine_category = ? OR coarse_category = ?)"
+            params += [category, category]
+        if after is not None:
+            sql += " AND product_id > ?"
+            params.append(after)
+        sql += " ORDER BY product_id LIMIT ?"
+        params.append(limit)
+        return [self._product(r) for r in self._query(sql, params)]
+
+    def count_products(self) -> int:
+        return self._query("SELECT COUNT(*) FROM products")[0][0]
+
+    def upsert_product(
+        self, product: Product, images: Sequence[NewImage] = (), model_id: str = "", create_only: bool = False
+    ) -> tuple[Product, list[tuple[int, int]]]:
+        """Create or replace a product and add photos, in one transaction.
+
+        Returns (image id, position in `images`) for each photo added.
+
+        Photos the product already has (same bytes) are skipped, which makes imports idempotent.
+        """
+        now = time.time()
+        with self._tx() as conn:
+            existing = conn.execute("SELECT created_at FROM products WHERE product_id = ?", (product.product_id,)).fetchone()
+            if existing and create_only:
+                raise AlreadyExists(product.product_id)
+            created = existing[0] if existing else now
+            conn.execute(
+                "INSERT INTO products VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(product_id) DO UPDATE SET "
+                "name=excluded.name, fine_category=excluded.fine_category, coarse_category=excluded.coarse_category,"
+                " description=excluded.description, attributes=excluded.attributes, updated_at=excluded.updated_at",
+                (product.product_id, product.name, product.fine_category, product.coarse_category,
+                 product.description, json.dumps(product.attributes), created, now),
+            )
+            ids = self._insert_images(conn, product.product_id, images, model_id, now)
+        return self.get_product(product.product_id), ids
+
+    def update_product(self, product_id: str, changes: dict) -> Product:
+        changes = {k: v for k, v in changes.items() if k in PRODUCT_FIELDS}
+        if "attributes" in changes:
+            changes["attributes"] = json.dumps(changes["attributes"])
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM products WHERE product_id = ?", (product_id,)).fetchone() is None:
+                raise NotFound(product_id)
+            if changes:
+                sets = ", ".join(f"{k} = ?" for k in changes)
+                conn.execute(
+                    f"UPDATE products SET {sets}, updated_at = ? WHERE product_id = ?",
+                    [*changes.values(), time.time(), product_id],
+                )
+        return self.get_product(product_id)
+
+    def delete_product(self, product_id: str) -> list[ImageRecord]:
+        """Delete a product and its photos; returns the removed photos (their vectors and files go too)."""
+        with self._tx() as conn:
+            images = self._images(conn, "WHERE product_id = ?", (product_id,))
+            if conn.execute("DELETE FROM products WHERE product_id = ?", (product_id,)).rowcount == 0:
+                raise NotFound(product_id)
+        return images
+
+    # -- images -------------------------------------------------------------------------------
+    @staticmethod
+    def _insert_images(
+        conn, product_id: str, images: Sequence[NewImage], model_id: str, now: float
+    ) -> list[tuple[int, int]]:
+        added = []
+        for position, im in enumerate(images):
+            cur = conn.execute(
+                "INSERT INTO images (product_id, sha256, content_type, width, height, bytes, embedding, model_id,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(product_id, sha256) DO NOTHING",
+                (product_id, im.sha256, im.content_type, im.width, im.height, im.bytes,
+                 np.ascontiguousarray(im.embedding, dtype=np.float32).tobytes(), model_id, now),
+            )
+            if cur.rowcount:
+                added.append((cur.lastrowid, position))
+        return added
+
+    def add_images(self, product_id: str, images: Sequence[NewImage], model_id: str) -> list[tuple[int, int]]:
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM products WHERE product_id = ?", (product_id,)).fetchone() is None:
+                raise NotFound(product_id)
+            ids = self._insert_images(conn, product_id, images, model_id, time.time())
+            conn.execute("UPDATE products SET updated_at = ? WHERE product_id = ?", (time.time(), product_id))
+        return ids
+
+    @staticmethod
+    def _images(conn, where: str, params: Sequence) -> list[ImageRecord]:
+        rows = conn.execute(
+            "SELECT image_id, product_id, sha256, content_type, width, height, bytes, created_at FROM images "
+            f"{where} ORDER BY image_id",
+            params,
+        ).fetchall()
+        return [ImageRecord(*r) for r in rows]
+
+    def images_of(self, product_ids: Sequence[str]) -> dict[str, list[ImageRecord]]:
+        out: dict[str, list[ImageRecord]] = {pid: [] for pid in product_ids}
+        if not product_ids:
+            return out
+        marks = ",".join("?" * len(product_ids))
+        with self._lock:
+            for im in self._images(self._conn, f"WHERE product_id IN ({marks})", list(product_ids)):
+                out[im.product_id].append(im)
+        return out
+
+    def get_image(self, product_id: str, image_id: int) -> ImageRecord:
+        with self._lock:
+            found = self._images(self._conn, "WHERE product_id = ? AND image_id = ?", (product_id, image_id))
+        if not found:
+            raise NotFound(f"{product_id}/{image_id}")
+        return found[0]
+
+    def delete_image(self, product_id: str, image_id: int) -> ImageRecord:
+        with self._tx() as conn:
+            found = self._images(conn, "WHERE product_id = ? AND image_id = ?", (product_id, image_id))
+            if not found:
+                raise NotFound(f"{product_id}/{image_id}")
+            conn.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
+        return found[0]
+
+    def sha_in_use(self, sha256: str) -> bool:
+        return bool(self._query("SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", (sha256,)))
+
+    def image_ids(self, category: str | None = None) -> np.ndarray:
+        """Ids of every stored photo, or of the photos of products in one fine or coarse category."""
+        if category is None:
+            rows = self._query("SELECT image_id FROM images")
+        else:
+            rows = self._query(
+                "SELECT i.image_id FROM images i JOIN products p USING (product_id) "
+                "WHERE p.fine_category = ? OR p.coarse_category = ?",
+                (category, category),
+            )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def image_owners(self, image_ids: Sequence[int]) -> dict[int, str]:
+        if not len(image_ids):
+            return {}
+        marks = ",".join("?" * len(image_ids))
+        rows = self._query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", [int(i) for i in image_ids])
+        return dict(rows)
+
+    def iter_embeddings(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in batches, for rebuilding the index."""
+        last = -1
+        while True:
+            rows = self._query(
+                "SELECT image_id, embedding FROM images WHERE image_id > ? ORDER BY image_id LIMIT ?", (last, batch)
+            )
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            yield ids, vectors
+            last = int(ids[-1])
+
+    def stale_images(self, model_id: str) -> list[ImageRecord]:
+        """Photos embedded by another model than the one now served."""
+        with self._lock:
+            return self._images(self._conn, "WHERE model_id != ?", (model_id,))
+
+    def set_embeddings(self, image_ids: Sequence[int], embeddings: np.ndarray, model_id: str) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE images SET embedding = ?, model_id = ? WHERE image_id = ?",
+                [(np.ascontiguousarray(e, dtype=np.float32).tobytes(), model_id, int(i))
+                 for i, e in zip(image_ids, embeddings)],
+            )
+
+    # -- categories ---------------------------------------------------------------------------
+    def categories(self) -> list[tuple[str, str, int]]:
+        """(fine, coarse, product count) for every fine category in the catalogue."""
+        return [tuple(r) for r in self._query(
+            "SELECT fine_category, coarse_category, COUNT(*) FROM products "
+            "GROUP BY fine_category, coarse_category ORDER BY coarse_category, fine_category"
+        )]
+
+    def has_category(self, name: str) -> bool:
+        return bool(self._query(
+            "SELECT 1 FROM products WHERE fine_category = ? OR coarse_category = ? LIMIT 1", (name, name)
+        ))

@@ -1,0 +1,130 @@
+"""The `seesku` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from api.settings import REPO_ROOT, Settings
+
+app = typer.Typer(help="seesku: visual product recognition.", no_args_is_help=True, add_completion=False)
+catalog_app = typer.Typer(help="Import and export the catalogue in the data dir.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+def _progress(description: str):
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), transient=False,
+    )
+    task = progress.add_task(description, total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _service(settings: Settings):
+    from api.catalog.service import CatalogService
+
+    service = CatalogService(settings)
+    progress, update = _progress("re-embedding")
+    with progress:
+        service.open(progress=update)
+    return service
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="listen address (SEESKU_HOST)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (SEESKU_PORT)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP service."""
+    import uvicorn
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+        workers=workers, log_level="info",
+    )
+
+
+@catalog_app.command("import")
+def catalog_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="catalogue CSV; photo paths relative to it")],
+) -> None:
+    """Add or update the products of a CSV (product_id, name, fine_category, coarse_category, description, images)."""
+    service = _service(Settings())
+    try:
+        progress, update = _progress("importing")
+        with progress:
+            count = service.import_csv(file, progress=update)
+        typer.echo(f"imported {count} products; catalogue has {service.store.count_products()} products, "
+                   f"{len(service.index)} photos indexed")
+    finally:
+        service.close()
+
+
+@catalog_app.command("export")
+def catalog_export(out: Annotated[Path, typer.Argument(file_okay=False, help="folder for catalog.csv and photos")]) -> None:
+    """Write the catalogue as catalog.csv plus its photos (the import format)."""
+    service = _service(Settings())
+    try:
+        count = service.export_catalog(out)
+        typer.echo(f"exported {count} products to {out / 'catalog.csv'}")
+    finally:
+        service.close()
+
+
+@app.command()
+def search(
+    photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    k: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    category: Annotated[Optional[str], typer.Option(help="fine or coarse category filter")] = None,
+) -> None:
+    """Search the catalogue in the data dir with a photo; prints the API's JSON answer."""
+    from api.routers.search import to_response
+    from api.schemas import Channel
+
+    settings = Settings()
+    service = _service(settings)
+    try:
+        result = service.search(photo.read_bytes(), k, category)
+        typer.echo(to_response(result, service, Channel.batch).model_dump_json(indent=2))
+    finally:
+        service.close()
+
+
+@app.command("export-onnx")
+def export_onnx(
+    catalog: Annotated[Path, typer.Option(exists=True, help="catalogue CSV whose photos build the prototype heads")] = REPO_ROOT / "samples" / "catalog.csv",
+    out: Annotated[Path, typer.Option(help="model folder in the Triton repository")] = REPO_ROOT / "triton_models" / "product_embedder",
+    backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2")] = "tf_efficientnet_lite0",
+    queries: Annotated[Optional[Path], typer.Option(help="labelled query CSV to measure the heads on")] = REPO_ROOT / "samples" / "queries.csv",
+    scale: Annotated[float, typer.Option(help="cosine head scale (inverse temperature)")] = 20.0,
+) -> None:
+    """Export the pretrained product model to ONNX with its manifest (needs `pip install .[train]`)."""
+    try:
+        from vision.export import export_pretrained
+    except ImportError as exc:
+        typer.echo(f"export needs the training extras (pip install '.[train]'): {exc}", err=True)
+        raise typer.Exit(2)
+    manifest = export_pretrained(
+        catalog, out, backbone, scale, queries if queries and queries.exists() else None,
+        command=" ".join(["seesku", *sys.argv[1:]]), log=lambda m: typer.echo(m, err=True),
+    )
+    json.dump(manifest.metrics, sys.stdout, indent=2)
+    typer.echo()
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Products and their reference photos: the merchandiser's side of the catalogue."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Path, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from api.catalog.service import CatalogService, Photo
+from api.catalog.store import ImageRecord, Product
+from api.deps import get_service
+from api.errors import ApiError
+from api.schemas import (
+    PRODUCT_ID_PATTERN, ErrorResponse, ImageOut, ImagesAdded, ProductCreate, ProductOut, ProductPage, ProductPatch,
+)
+from api.uploads import check_content_length, read_capped
+
+router = APIRouter(prefix="/v1/products", tags=["products"])
+Service = Annotated[CatalogService, Depends(get_service)]
+ProductId = Annotated[str, Path(pattern=PRODUCT_ID_PATTERN, description="e.g. Granny-Smith")]
+ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+
+
+def image_urls(product_id: str, image_id: int) -> tuple[str, str]:
+    url = f"/v1/products/{product_id}/images/{image_id}"
+    return url, f"{url}/thumbnail"
+
+
+def image_out(im: ImageRecord) -> ImageOut:
+    url, thumb = image_urls(im.product_id, im.image_id)
+    return ImageOut(
+        image_id=im.image_id, url=url, thumbnail_url=thumb, content_type=im.content_type,
+        width=im.width, height=im.height, bytes=im.bytes, created_at=im.created_at,
+    )
+
+
+def product_out(p: Product, images: list[ImageRecord]) -> ProductOut:
+    return ProductOut(
+        product_id=p.product_id, name=p.name, fine_category=p.fine_category, coarse_category=p.coarse_category,
+        description=p.description, attributes=p.attributes, images=[image_out(i) for i in images],
+        created_at=p.created_at, updated_at=p.updated_at,
+    )
+
+
+def load_product(service: CatalogService, product_id: str) -> ProductOut:
+    product = service.store.get_product(product_id)
+    return product_out(product, service.store.images_of([product_id])[product_id])
+
+
+@router.post("", status_code=201, response_model=ProductOut, responses={409: {"model": ErrorResponse}, **ERRORS})
+def create_product(body: ProductCreate, service: Service) -> ProductOut:
+    """Create a product; add its reference photos with POST /v1/products/{id}/images."""
+    product = Product(**body.model_dump())
+    service.put_product(product, create_only=True)
+    return load_product(service, product.product_id)
+
+
+@router.get("", response_model=ProductPage, responses=ERRORS)
+def list_products(
+    service: Service,
+    category: Annotated[str | None, Query(description="fine or coarse category")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ProductPage:
+    after = _decode_cursor(cursor) if cursor else None
+    page = service.store.list_products(category, after, limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    images = service.store.images_of([p.product_id for p in page])
+    next_cursor = _encode_cursor(page[-1].product_id) if more else None
+    return ProductPage(items=[product_out(p, images[p.product_id]) for p in page], next_cursor=next_cursor)
+
+
+def _encode_cursor(product_id: str) -> str:
+    return base64.urlsafe_b64encode(product_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(422, "invalid_cursor", "cursor is not a next_cursor this API returned") from None
+
+
+@router.get("/{product_id}", response_model=ProductOut, responses=ERRORS)
+def get_product(product_id: ProductId, service: Service) -> ProductOut:
+    return load_product(service, product_id)
+
+
+@router.patch("/{product_id}", response_model=ProductOut, responses=ERRORS)
+def update_product(product_id: ProductId, body: ProductPatch, service: Service) -> ProductOut:
+    changes = body.model_dump(exclude_unset=True)
+    for name, value in changes.items():
+        if value is None and name != "description":
+            raise ApiError(422, "validation_error", f"{name}: may not be null")
+    service.store.update_product(product_id, changes)
+    return load_product(service, product_id)
+
+
+@router.delete("/{product_id}", status_code=204, responses=ERRORS)
+def delete_product(product_id: ProductId, service: Service) -> Response:
+    """Delete a product, its photos and their vectors: it stops matching at once."""
+    service.delete_product(product_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{product_id}/images", status_code=201, response_model=ImagesAdded,
+    responses={413: {"model": ErrorResponse}, **ERRORS},
+)
+async def add_images(
+    request: Request,
+    product_id: ProductId,
+    service: Service,
+    images: Annotated[list[UploadFile], File(description="one or more reference photos")],
+) -> ImagesAdded:
+    """Add reference photos; all are embedded and indexed together, or none is (a bad photo is named)."""
+    settings = service.settings
+    if len(images) > settings.max_images_per_request:
+        raise ApiError(422, "too_many_images", f"at most {settings.max_images_per_request} photos per request")
+    check_content_length(request, settings.max_upload_bytes, parts=len(images))
+    photos = [Photo(await read_capped(f, settings.max_upload_bytes), f.filename or "") for f in images]
+    ids = await run_in_threadpool(service.add_photos, product_id, photos)
+    added = [im for im in service.store.images_of([product_id])[product_id] if im.image_id in set(ids)]
+    return ImagesAdded(product_id=product_id, added=[image_out(i) for i in added], skipped_duplicates=len(photos) - len(ids))
+
+
+@router.get("/{product_id}/images", response_model=list[ImageOut], responses=ERRORS)
+def list_images(product_id: ProductId, service: Service) -> list[ImageOut]:
+    service.store.get_product(product_id)
+    return [image_out(i) for i in service.store.images_of([product_id])[product_id]]
+
+
+@router.get("/{product_id}/images/{image_id}", response_class=Response, responses=ERRORS)
+def get_image(product_id: ProductId, image_id: int, service: Service) -> Response:
+    record, data = service.photo_bytes(product_id, image_id)
+    return Response(data, media_type=record.content_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/{product_id}/images/{image_id}/thumbnail", response_class=Response, responses=ERRORS)
+def get_thumbnail(
+    product_id: ProductId, image_id: int, service: Service, size: Annotated[int, Query(ge=32, le=1024)] = 256
+) -> Response:
+    data = service.photo_thumbnail(product_id, image_id, size)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.delete("/{product_id}/images/{image_id}", status_code=204, responses=ERRORS)
+def delete_image(product_id: ProductId, image_id: int, service: Service) -> Response:
+    service.delete_photo(product_id, image_id)
+    return Response(status_code=204)

@@ -1,0 +1,108 @@
+"""POST /v1/search: a shopper's photo in, ranked products and categories out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, ValidationError
+
+from api.catalog.service import CatalogService, SearchResult
+from api.deps import get_metrics, get_service
+from api.errors import ApiError
+from api.metrics import Metrics
+from api.routers.products import image_urls
+from api.schemas import Categories, CategoryRef, CategoryScore, Channel, ErrorResponse, Match, ModelInfo, SearchResponse, Timings
+from api.uploads import read_search_photo
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+PHOTO_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "category": {"type": "string"},
+                        "user_id": {"type": "string"},
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+class SearchParams(BaseModel):
+    k: int = Field(10, ge=1, le=100)
+    category: str | None = Field(None, min_length=1, max_length=100)
+    user_id: str | None = Field(None, min_length=1, max_length=128)
+
+
+def to_response(result: SearchResult, service: CatalogService, channel: Channel) -> SearchResponse:
+    matches = []
+    for m in result.matches:
+        url, thumb = image_urls(m.product.product_id, m.image_id)
+        matches.append(Match(
+            product_id=m.product.product_id,
+            name=m.product.name,
+            category=CategoryRef(fine=m.product.fine_category, coarse=m.product.coarse_category),
+            score=round(m.score, 6),
+            image_url=url,
+            thumbnail_url=thumb,
+        ))
+    return SearchResponse(
+        matches=matches,
+        categories=Categories(
+            fine=[CategoryScore(name=n, probability=round(p, 6)) for n, p in result.fine],
+            coarse=[CategoryScore(name=n, probability=round(p, 6)) for n, p in result.coarse],
+        ),
+        timings_ms=Timings(**{k: round(v, 3) for k, v in result.timings_ms.items()}),
+        model=ModelInfo(id=service.manifest.model_id, version=service.manifest.version),
+        channel=channel,
+    )
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    openapi_extra=PHOTO_BODY,
+    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    summary="Find the catalogue products in a photo",
+)
+async def search(
+    request: Request,
+    service: Annotated[CatalogService, Depends(get_service)],
+    metrics: Annotated[Metrics, Depends(get_metrics)],
+    k: Annotated[int | None, Query(ge=1, le=100, description="products to return (default 10)")] = None,
+    category: Annotated[str | None, Query(description="only products of this fine or coarse category")] = None,
+    user_id: Annotated[str | None, Query(description="the shopper, for personal re-ranking")] = None,
+    x_channel: Annotated[Channel, Header(description="where the photo came from")] = Channel.api,
+) -> SearchResponse:
+    data, fields = await read_search_photo(request, service.settings.max_upload_bytes)
+    raw = {name: value for name, value in (("k", k), ("category", category), ("user_id", user_id)) if value is not None}
+    for name in ("k", "category", "user_id"):
+        if name not in raw and name in fields:
+            raw[name] = fields[name]
+    try:
+        params = SearchParams(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ApiError(
+            422, "validation_error", f"{first['loc'][0]}: {first['msg']}",
+            [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+        ) from None
+    # user_id is accepted now so clients need not change when personal re-ranking arrives; the visual
+    # order is what every shopper gets until then.
+    result = await run_in_threadpool(service.search, data, params.k, params.category)
+    metrics.decode.observe(result.timings_ms["decode"] / 1e3)
+    metrics.embed.observe(result.timings_ms["embed"] / 1e3)
+    return to_response(result, service, x_channel)

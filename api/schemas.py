@@ -1,0 +1,159 @@
+"""The API contract: pydantic models that generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PRODUCT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+
+
+class Channel(str, Enum):
+    web = "web"
+    app = "app"
+    api = "api"
+    kiosk = "kiosk"
+    batch = "batch"
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["unreadable_image"])
+    message: str
+    details: list | dict | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class CategoryRef(BaseModel):
+    fine: str
+    coarse: str
+
+
+class Match(BaseModel):
+    product_id: str
+    name: str
+    category: CategoryRef
+    score: float = Field(description="cosine similarity of the photo to the product's best-matching photo")
+    image_url: str = Field(description="the product photo that matched")
+    thumbnail_url: str
+
+
+class CategoryScore(BaseModel):
+    name: str
+    probability: float
+
+
+class Categories(BaseModel):
+    fine: list[CategoryScore]
+    coarse: list[CategoryScore]
+
+
+class Timings(BaseModel):
+    decode: float
+    embed: float
+    search: float
+    total: float
+
+
+class ModelInfo(BaseModel):
+    id: str
+    version: str
+
+
+class SearchResponse(BaseModel):
+    matches: list[Match]
+    categories: Categories
+    timings_ms: Timings
+    model: ModelInfo
+    channel: Channel
+
+
+class ProductBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=300)
+    fine_category: str = Field(min_length=1, max_length=100)
+    coarse_category: str = Field(min_length=1, max_length=100)
+    description: str = Field("", max_length=10_000)
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class ProductCreate(ProductBase):
+    product_id: str = Field(pattern=PRODUCT_ID_PATTERN, examples=["Granny-Smith"])
+
+
+class ProductPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=300)
+    fine_category: str | None = Field(None, min_length=1, max_length=100)
+    coarse_category: str | None = Field(None, min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=10_000)
+    attributes: dict[str, str] | None = None
+
+
+class ImageOut(BaseModel):
+    image_id: int
+    url: str
+    thumbnail_url: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    created_at: float
+
+
+class ProductOut(BaseModel):
+    product_id: str
+    name: str
+    fine_category: str
+    coarse_category: str
+    description: str
+    attributes: dict[str, str]
+    images: list[ImageOut]
+    created_at: float
+    updated_at: float
+
+
+class ProductPage(BaseModel):
+    items: list[ProductOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class ImagesAdded(BaseModel):
+    product_id: str
+    added: list[ImageOut]
+    skipped_duplicates: int = Field(description="photos the product already had (same bytes)")
+
+
+class FineCategory(BaseModel):
+    name: str
+    coarse: str
+    products: int
+
+
+class CoarseCategory(BaseModel):
+    name: str
+    products: int
+
+
+class CategoryList(BaseModel):
+    fine: list[FineCategory]
+    coarse: list[CoarseCategory]
+    model_fine_labels: list[str] = Field(description="fine categories the served model's heads predict")
+    model_coarse_labels: list[str]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_loaded: bool
+    index_loaded: bool
+    products: int
+    vectors: int
+    model: ModelInfo
+    reason: str | None = None

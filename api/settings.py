@@ -1,0 +1,49 @@
+"""Service settings: environment variables prefixed `SEESKU_` (and a `.env` file), nowhere else."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEESKU_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="catalogue database, photos and vector index")
+    model_dir: Path = Field(REPO_ROOT / "triton_models" / "product_embedder", description="ONNX graph + manifest")
+    inference: str = Field("onnx", description="embedder runtime: 'onnx' (in-process ONNX Runtime)")
+    index: str = Field("faiss", description="vector index: 'faiss' (files under the data dir)")
+    onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
+    max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
+    max_images_per_request: int = Field(32, gt=0, description="photos in one POST /v1/products/{id}/images")
+    hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
+    index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
+    load_samples: bool = Field(True, description="import the sample catalogue when the catalogue is empty")
+    sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("inference")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value != "onnx":
+            raise ValueError(f"unknown inference runtime {value!r}; supported: 'onnx'")
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        if value != "faiss":
+            raise ValueError(f"unknown vector index {value!r}; supported: 'faiss'")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

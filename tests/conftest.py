@@ -1,0 +1,70 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import REPO_ROOT, Settings
+
+SAMPLES = REPO_ROOT / "samples"
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    return Settings(data_dir=data_dir, onnx_threads=2, **overrides)
+
+
+@pytest.fixture(scope="session")
+def sample_client(tmp_path_factory):
+    """One app with the sample catalogue, shared by the read-mostly API tests."""
+    settings = make_settings(tmp_path_factory.mktemp("sample-data"), load_samples=True)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def empty_client(tmp_path):
+    with TestClient(create_app(make_settings(tmp_path, load_samples=False))) as client:
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """The real service: `seesku serve` in a subprocess with the sample catalogue, on a free port."""
+    port = free_port()
+    env = {**os.environ, "SEESKU_DATA_DIR": str(tmp_path_factory.mktemp("live-data")), "SEESKU_ONNX_THREADS": "2"}
+    log = open(tmp_path_factory.mktemp("live-log") / "server.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    else:
+        proc.kill()
+        pytest.fail("server did not become ready in 120 s")
+    yield base, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()

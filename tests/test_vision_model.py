@@ -1,0 +1,97 @@
+"""Backbone weights, the product model and its ONNX export (needs the train extras)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from api.settings import REPO_ROOT  # noqa: E402
+from vision.backbones import create_backbone, pair_state_dict  # noqa: E402
+from vision.manifest import ModelManifest  # noqa: E402
+from vision.preprocess import InputSpec, load_image  # noqa: E402
+
+BANANA = REPO_ROOT / "samples" / "catalog" / "Banana.jpg"
+MODEL_DIR = REPO_ROOT / "triton_models" / "product_embedder"
+
+
+def imagenet_probs(model, path: Path) -> torch.Tensor:
+    pixels = torch.from_numpy(load_image(path.read_bytes(), InputSpec(224, 0.875))).permute(2, 0, 1).float()[None]
+    with torch.no_grad():
+        return model((pixels / 255.0 - 0.5) / 0.5).softmax(-1)[0]
+
+
+def test_offline_weights_classify_banana():
+    probs = imagenet_probs(create_backbone("tf_efficientnet_lite0"), BANANA)
+    assert int(probs.argmax()) == 954  # ImageNet "banana"
+    assert float(probs[954]) > 0.8
+
+
+def test_random_weights_do_not_know_bananas():
+    probs = imagenet_probs(create_backbone("tf_efficientnet_lite0", pretrained=False), BANANA)
+    assert float(probs[954]) < 0.5
+
+
+def test_pairing_checks_every_shape():
+    src = {"a": torch.zeros(3, 4), "b": torch.zeros(2)}
+    assert set(pair_state_dict(src, {"x": torch.zeros(3, 4), "y": torch.zeros(2)})) == {"x", "y"}
+    with pytest.raises(ValueError, match="shape mismatch"):
+        pair_state_dict(src, {"x": torch.zeros(3, 4), "y": torch.zeros(3)})
+    with pytest.raises(ValueError, match="tensors"):
+        pair_state_dict(src, {"x": torch.zeros(3, 4)})
+
+
+@pytest.mark.slow
+def test_export_parity_and_manifest(tmp_path):
+    from vision.export import PARITY_MIN_COSINE, export_pretrained
+
+    # a small catalogue from the samples: 6 products in 3 coarse classes
+    rows = list(csv.DictReader(open(REPO_ROOT / "samples" / "catalog.csv")))
+    chosen = [r for r in rows if r["coarse_category"] in ("Apple", "Milk", "Pepper")][:6]
+    small = tmp_path / "catalog.csv"
+    with open(small, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        for r in chosen:
+            w.writerow({**r, "images": ";".join(str(REPO_ROOT / "samples" / p) for p in r["images"].split(";"))})
+    manifest = export_pretrained(small, tmp_path / "model", log=lambda _: None)
+    assert manifest.metrics["parity_min_cosine"] >= PARITY_MIN_COSINE
+    assert manifest.fine_labels == [r["fine_category"] for r in chosen]
+    assert len(manifest.coarse_labels) == len({r["coarse_category"] for r in chosen})
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "model" / manifest.onnx_file))
+    pixels = np.stack([load_image(BANANA.read_bytes())] * 3)  # dynamic batch axis
+    emb, fine, coarse = session.run(None, {"pixels": pixels})
+    assert emb.shape == (3, manifest.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert fine.shape == (3, 6) and coarse.shape == (3, len(manifest.coarse_labels))
+    np.testing.assert_allclose(fine.sum(1), 1.0, atol=1e-4)
+
+
+def test_committed_model_matches_torch():
+    """The graph `make run` serves is the pretrained backbone: same embedding as torch, >= 0.9999 cosine."""
+    import onnxruntime as ort
+
+    from vision.model import ProductModel
+
+    manifest = ModelManifest.load(MODEL_DIR)
+    model = ProductModel(manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels)).eval()
+    pixels = np.stack([load_image(p.read_bytes(), manifest.input.spec()) for p in sorted((REPO_ROOT / "samples" / "queries").glob("*.jpg"))[:4]])
+    with torch.no_grad():
+        torch_emb = model(torch.from_numpy(pixels))[0].numpy()
+    onnx_emb = ort.InferenceSession(str(MODEL_DIR / manifest.onnx_file)).run(["embedding"], {"pixels": pixels})[0]
+    assert ((torch_emb * onnx_emb).sum(1)).min() >= 0.9999
+
+
+def test_committed_manifest_is_consistent():
+    manifest = ModelManifest.load(MODEL_DIR)
+    raw = json.loads((MODEL_DIR / "manifest.json").read_text())
+    assert raw["metrics"]["parity_min_cosine"] >= 0.9999
+    assert len(manifest.fine_labels) == 81 and len(manifest.coarse_labels) == 43  # classes.csv has coarse ids 0..42
+    assert len(manifest.fine_to_coarse) == 81
+    assert manifest.input.size == 224 and manifest.input.mean == (0.5, 0.5, 0.5)

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation pipelines (vision model, recommender). Needs `pip install .[train]`."""

@@ -1,0 +1,202 @@
+"""Export the product model to ONNX and write its manifest.
+
+The untrained model gets prototype heads built from a catalogue (see vision.model). The export is
+checked against torch on real photos (embedding cosine >= 0.9999) before anything is written, and the
+graph is written next to its manifest in the Triton model repository, atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vision.backbones import REGISTRY
+from vision.manifest import INPUT_NAME, OUTPUT_NAMES, InputConfig, ModelManifest
+from vision.model import ProductModel
+from vision.preprocess import InputSpec, load_image
+
+PARITY_MIN_COSINE = 0.9999
+OPSET = 18
+
+
+@dataclass
+class CatalogPhoto:
+    path: Path
+    fine: str
+    coarse: str
+
+
+def read_catalog_photos(catalog_csv: Path) -> list[CatalogPhoto]:
+    """Photos and categories of a catalogue CSV (the `seesku catalog import` format)."""
+    rows = []
+    with open(catalog_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for rel in filter(None, (row.get("images") or row.get("image") or "").split(";")):
+                rows.append(CatalogPhoto(catalog_csv.parent / rel, row["fine_category"], row["coarse_category"]))
+    return rows
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def embed_paths(model: ProductModel, paths: Sequence[Path], spec: InputSpec, batch: int = 16) -> torch.Tensor:
+    out = []
+    for chunk in _batches(list(paths), batch):
+        pixels = torch.from_numpy(np.stack([load_image(Path(p).read_bytes(), spec) for p in chunk]))
+        out.append(model(pixels)[0])
+    return torch.cat(out)
+
+
+def build_prototype_model(backbone: str, photos: list[CatalogPhoto], scale: float) -> tuple[ProductModel, list[str], list[str], list[int]]:
+    """The pretrained backbone with heads whose class weights are mean catalogue embeddings."""
+    fine_labels = list(dict.fromkeys(p.fine for p in photos))
+    coarse_labels = list(dict.fromkeys(p.coarse for p in photos))
+    fine_to_coarse_map = {}
+    for p in photos:
+        if fine_to_coarse_map.setdefault(p.fine, p.coarse) != p.coarse:
+            raise ValueError(f"fine category {p.fine!r} appears under two coarse categories")
+    model = ProductModel(backbone, len(fine_labels), len(coarse_labels), head_scale=scale).eval()
+    spec = InputSpec(REGISTRY[backbone].input_size, REGISTRY[backbone].crop_pct)
+    emb = embed_paths(model, [p.path for p in photos], spec)
+    fine_idx = torch.tensor([fine_labels.index(p.fine) for p in photos])
+    coarse_idx = torch.tensor([coarse_labels.index(p.coarse) for p in photos])
+    model.fine_head.set_prototypes(_class_means(emb, fine_idx, len(fine_labels)))
+    model.coarse_head.set_prototypes(_class_means(emb, coarse_idx, len(coarse_labels)))
+    fine_to_coarse = [coarse_labels.index(fine_to_coarse_map[f]) for f in fine_labels]
+    return model, fine_labels, coarse_labels, fine_to_coarse
+
+
+def _class_means(emb: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    sums = torch.zeros(n, emb.shape[1]).index_add_(0, idx, emb)
+    return sums / torch.bincount(idx, minlength=n).clamp(min=1).unsqueeze(1)
+
+
+def export_onnx(model: ProductModel, path: Path) -> None:
+    model.eval()
+    example = torch.zeros(2, model.input_size, model.input_size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes={"pixels": {0: batch}},
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+    )
+
+
+def parity(model: ProductModel, onnx_path: Path, pixels: np.ndarray) -> dict[str, float]:
+    """Compare ONNX Runtime against torch on the same uint8 batch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_emb, ort_fine, ort_coarse = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+    with torch.no_grad():
+        t_emb, t_fine, t_coarse = (t.numpy() for t in model(torch.from_numpy(pixels)))
+    cos = (ort_emb * t_emb).sum(1) / (np.linalg.norm(ort_emb, axis=1) * np.linalg.norm(t_emb, axis=1))
+    return {
+        "parity_min_cosine": float(cos.min()),
+        "parity_max_abs_fine_prob": float(np.abs(ort_fine - t_fine).max()),
+        "parity_max_abs_coarse_prob": float(np.abs(ort_coarse - t_coarse).max()),
+        "parity_samples": float(len(pixels)),
+    }
+
+
+def topk_accuracy(probs: np.ndarray, targets: np.ndarray, k: int) -> float:
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float((top == targets[:, None]).any(axis=1).mean())
+
+
+def export_pretrained(
+    catalog_csv: Path,
+    out_dir: Path,
+    backbone: str = "tf_efficientnet_lite0",
+    scale: float = 20.0,
+    queries_csv: Path | None = None,
+    version: str = "1",
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> ModelManifest:
+    """Build, export, check and write `out_dir/1/model.onnx` and `out_dir/manifest.json`."""
+    photos = read_catalog_photos(catalog_csv)
+    if not photos:
+        raise ValueError(f"{catalog_csv} lists no photos")
+    log(f"embedding {len(photos)} catalogue photos for the prototype heads")
+    model, fine_labels, coarse_labels, fine_to_coarse = build_prototype_model(backbone, photos, scale)
+    cfg = REGISTRY[backbone]
+    spec = InputSpec(cfg.input_size, cfg.crop_pct)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "1").mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir / "1")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        log("exporting to ONNX")
+        export_onnx(model, tmp_path)
+        check_paths = [p.path for p in photos[:32]]
+        pixels = np.stack([load_image(p.read_bytes(), spec) for p in check_paths])
+        metrics = parity(model, tmp_path, pixels)
+        log(f"parity: {metrics}")
+        if metrics["parity_min_cosine"] < PARITY_MIN_COSINE:
+            raise RuntimeError(f"ONNX/torch embedding cosine {metrics['parity_min_cosine']:.6f} < {PARITY_MIN_COSINE}")
+        if queries_csv is not None:
+            metrics.update(_query_metrics(tmp_path, queries_csv, spec, fine_labels, coarse_labels))
+        os.chmod(tmp_path, 0o644)  # mkstemp makes it owner-only; Triton may run as another user
+        os.replace(tmp_path, out_dir / "1" / "model.onnx")
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+    manifest = ModelManifest(
+        model_id=f"seesku-{backbone.replace('tf_', '').replace('_', '-')}-prototype",
+        version=version,
+        backbone=backbone,
+        source_weights=f"{cfg.source} (ImageNet-1k), no fine-tuning",
+        heads=(
+            f"prototype cosine heads (scale {scale:g}): class weights are the mean embeddings of the "
+            f"catalogue photos in {catalog_csv.name}"
+        ),
+        input=InputConfig(size=cfg.input_size, crop_pct=cfg.crop_pct, mean=cfg.mean, std=cfg.std),
+        embedding_dim=model.embedding_dim,
+        fine_labels=fine_labels,
+        coarse_labels=coarse_labels,
+        fine_to_coarse=fine_to_coarse,
+        metrics=metrics,
+        command=command,
+    )
+    manifest.save(out_dir)
+    return manifest
+
+
+def _query_metrics(onnx_path: Path, queries_csv: Path, spec: InputSpec, fine_labels, coarse_labels) -> dict[str, float]:
+    """Head accuracy on labelled query photos (the sample queries: val split photos, never test)."""
+    import onnxruntime as ort
+
+    with open(queries_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["fine_category"] in fine_labels]
+    if not rows:
+        return {}
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    pixels = np.stack([load_image((queries_csv.parent / r["image"]).read_bytes(), spec) for r in rows])
+    _, fine, coarse = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+    fine_t = np.array([fine_labels.index(r["fine_category"]) for r in rows])
+    coarse_t = np.array([coarse_labels.index(r["coarse_category"]) for r in rows])
+    return {
+        "sample_queries": float(len(rows)),
+        "sample_queries_fine_top1": topk_accuracy(fine, fine_t, 1),
+        "sample_queries_fine_top5": topk_accuracy(fine, fine_t, 5),
+        "sample_queries_coarse_top1": topk_accuracy(coarse, coarse_t, 1),
+    }

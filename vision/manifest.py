@@ -1,0 +1,57 @@
+"""The model manifest: what a served model is, read without torch.
+
+It sits next to the exported graph (`triton_models/<model>/manifest.json`) and carries everything a caller
+needs to use the graph: input spec, labels, embedding size, provenance and measured metrics. Like timm's
+pretrained_cfg, it travels with the model instead of being repeated at call sites.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from vision.preprocess import InputSpec
+
+MANIFEST_NAME = "manifest.json"
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("embedding", "fine_probs", "coarse_probs")
+
+
+class InputConfig(BaseModel):
+    size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def spec(self) -> InputSpec:
+        return InputSpec(size=self.size, crop_pct=self.crop_pct, interpolation=self.interpolation)
+
+
+class ModelManifest(BaseModel):
+    model_id: str
+    version: str
+    backbone: str
+    source_weights: str
+    heads: str = Field(description="how the category heads were obtained")
+    input: InputConfig = InputConfig()
+    embedding_dim: int
+    fine_labels: list[str]
+    coarse_labels: list[str]
+    fine_to_coarse: list[int] = Field(description="index into coarse_labels for each fine label")
+    onnx_file: str = "1/model.onnx"
+    metrics: dict[str, float] = {}
+    command: str = ""
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "ModelManifest":
+        return cls.model_validate_json((Path(model_dir) / MANIFEST_NAME).read_text())
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / MANIFEST_NAME
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path

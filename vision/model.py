@@ -1,0 +1,70 @@
+"""The product model: backbone -> pooled features -> L2-normalised embedding -> fine and coarse heads.
+
+The graph takes uint8 NHWC pixels and normalises inside, so every runtime gets the same small tensor.
+Both category heads are cosine classifiers (scaled dot products of the normalised embedding with
+normalised class weights). That lets the untrained model ship *prototype* heads: each class weight is the
+mean embedding of the catalogue photos of that class, i.e. categories come from the best matching
+catalogue products. Fine-tuning later trains the same heads; the outputs, and so the API, do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vision.backbones import REGISTRY, create_backbone
+
+
+class CosineHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int, scale: float = 20.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, dim) * 0.01)
+        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=False)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.scale * embedding @ F.normalize(self.weight, dim=-1).t()
+
+    @torch.no_grad()
+    def set_prototypes(self, prototypes: torch.Tensor) -> None:
+        self.weight.copy_(F.normalize(prototypes, dim=-1))
+
+
+class ProductModel(nn.Module):
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        num_fine: int = 1,
+        num_coarse: int = 1,
+        embedding_dim: int | None = None,
+        pretrained: bool = True,
+        head_scale: float = 20.0,
+    ):
+        super().__init__()
+        cfg = REGISTRY[backbone]
+        self.backbone_name = backbone
+        self.input_size = cfg.input_size
+        self.backbone = create_backbone(backbone, pretrained=pretrained)
+        self.backbone.reset_classifier(0)  # keep global pooling, drop the ImageNet classifier
+        features = self.backbone.num_features
+        # None: the embedding is the pooled feature itself (the pretrained model, before fine-tuning).
+        self.projection = nn.Identity() if embedding_dim is None else nn.Linear(features, embedding_dim)
+        self.embedding_dim = features if embedding_dim is None else embedding_dim
+        self.fine_head = CosineHead(self.embedding_dim, num_fine, head_scale)
+        self.coarse_head = CosineHead(self.embedding_dim, num_coarse, head_scale)
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> float NCHW, normalised the way the backbone was trained."""
+        x = pixels.permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+    def embed_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.backbone(x)), dim=-1)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        embedding = self.embed_normalised(self.normalise(pixels))
+        fine = self.fine_head(embedding).softmax(dim=-1)
+        coarse = self.coarse_head(embedding).softmax(dim=-1)
+        return embedding, fine, coarse
