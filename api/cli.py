@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from api.settings import REPO_ROOT, Settings
@@ -21,7 +22,7 @@ app.add_typer(catalog_app, name="catalog")
 def _progress(description: str):
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), transient=False,
+        TimeRemainingColumn(), console=Console(stderr=True),  # stdout stays clean for JSON
     )
     task = progress.add_task(description, total=None)
     return progress, lambda done, total: progress.update(task, completed=done, total=total)

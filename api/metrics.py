@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -33,21 +31,37 @@ class Metrics:
         self.products = Gauge("seesku_catalog_products", "products in the catalogue", registry=self.registry)
 
 
-class MetricsMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next):
+class MetricsMiddleware:
+    """Request count and latency by route template and channel (plain ASGI: no per-request task)."""
+
+    CHANNELS = frozenset({"web", "app", "api", "kiosk", "batch"})
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_wrapper)
         finally:
-            metrics: Metrics = request.app.state.metrics
-            route = request.scope.get("route")
             # the route template, not the raw path, so product ids do not explode the label set
-            template = getattr(route, "path", "unmatched")
-            channel = request.headers.get("x-channel", "api")
-            channel = channel if channel in ("web", "app", "api", "kiosk", "batch") else "invalid"
-            labels = (template, request.method, channel)
-            metrics.latency.labels(*labels).observe(time.perf_counter() - start)
-            metrics.requests.labels(*labels, str(status)).inc()
+            template = getattr(scope.get("route"), "path", "unmatched")
+            channel = "api"
+            for name, value in scope.get("headers", ()):
+                if name == b"x-channel":
+                    channel = value.decode("latin-1")
+                    channel = channel if channel in self.CHANNELS else "invalid"
+            labels = (template, scope["method"], channel)
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(*labels, str(status)).inc()

@@ -80,7 +80,10 @@ def _encode_cursor(product_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        after = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        if not after:
+            raise ValueError(cursor)
+        return after
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ApiError(422, "invalid_cursor", "cursor is not a next_cursor this API returned") from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
@@ -86,7 +86,7 @@ async def search(
     category: Annotated[str | None, Query(description="only products of this fine or coarse category")] = None,
     user_id: Annotated[str | None, Query(description="the shopper, for personal re-ranking")] = None,
     x_channel: Annotated[Channel, Header(description="where the photo came from")] = Channel.api,
-) -> SearchResponse:
+) -> Response:
     data, fields = await read_search_photo(request, service.settings.max_upload_bytes)
     raw = {name: value for name, value in (("k", k), ("category", category), ("user_id", user_id)) if value is not None}
     for name in ("k", "category", "user_id"):
@@ -105,4 +105,5 @@ async def search(
     result = await run_in_threadpool(service.search, data, params.k, params.category)
     metrics.decode.observe(result.timings_ms["decode"] / 1e3)
     metrics.embed.observe(result.timings_ms["embed"] / 1e3)
-    return to_response(result, service, x_channel)
+    # Already a validated SearchResponse: serialise it once instead of letting FastAPI re-validate it.
+    return Response(to_response(result, service, x_channel).model_dump_json(), media_type="application/json")

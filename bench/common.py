@@ -1,0 +1,37 @@
+"""Shared bits of the benchmarks: sample photos, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUERY_PHOTOS = sorted((ROOT / "samples" / "queries").glob("*.jpg"))
+MODEL_DIR = ROOT / "triton_models" / "product_embedder"
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def percentile(values, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def emit(result: dict) -> None:
+    result["machine"] = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
+    print(json.dumps(result, indent=2))

@@ -1,0 +1,56 @@
+"""Images/s of the product model: torch eager vs in-process ONNX Runtime, batch 1 and 16, in one run.
+
+    python bench/embed.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from common import MODEL_DIR, QUERY_PHOTOS, emit, median_ms
+
+from vision.manifest import ModelManifest
+from vision.preprocess import load_image
+from vision.runtimes.onnx import OnnxRuntimeEmbedder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    import torch
+
+    from vision.model import ProductModel
+
+    manifest = ModelManifest.load(MODEL_DIR)
+    photos = [load_image(p.read_bytes(), manifest.input.spec()) for p in QUERY_PHOTOS]
+    onnx = OnnxRuntimeEmbedder(MODEL_DIR)
+    onnx.load()
+    model = ProductModel(manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels)).eval()
+
+    result = {"bench": "embed", "model": f"{manifest.model_id}:{manifest.version}", "torch_threads": torch.get_num_threads()}
+    for batch in (1, 16):
+        pixels = np.stack([photos[i % len(photos)] for i in range(batch)])
+        tensor = torch.from_numpy(pixels)
+        repeats = args.repeats if batch == 1 else max(5, args.repeats // 4)
+
+        def run_torch():
+            with torch.inference_mode():
+                model(tensor)
+
+        torch_ms = median_ms(run_torch, repeats)
+        onnx_ms = median_ms(lambda: onnx.embed(pixels), repeats)
+        result[f"batch{batch}"] = {
+            "torch_eager_img_s": round(batch / torch_ms * 1e3, 1),
+            "onnxruntime_img_s": round(batch / onnx_ms * 1e3, 1),
+            "torch_eager_ms_median": round(torch_ms, 2),
+            "onnxruntime_ms_median": round(onnx_ms, 2),
+            "onnx_over_torch": round(torch_ms / onnx_ms, 2),
+        }
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

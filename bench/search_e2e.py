@@ -1,0 +1,124 @@
+"""Latency of POST /v1/search against a running server, next to decode+embed alone, in one run.
+
+    python bench/search_e2e.py                 # starts `seesku serve` on a free port with the samples
+    python bench/search_e2e.py --url URL       # or measures a server you started
+
+Prints p50/p95/p99 at concurrency 1 and 8, and the ratio of the service's p50 to the median time of the
+model's own work (decode + embed, in-process) on the same photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+from common import MODEL_DIR, QUERY_PHOTOS, ROOT, emit, median_ms, percentile
+
+from vision.preprocess import load_image
+from vision.runtimes.onnx import OnnxRuntimeEmbedder
+
+
+def start_server() -> tuple[str, subprocess.Popen]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SEESKU_DATA_DIR": tempfile.mkdtemp(prefix="seesku-bench-")}
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def load(url: str, photos: list[bytes], concurrency: int, requests: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker():
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in counter:
+                data = photos[i % len(photos)]
+                t = time.perf_counter()
+                resp = client.post("/v1/search", content=data, headers={"Content-Type": "image/jpeg"})
+                ms = (time.perf_counter() - t) * 1e3
+                with lock:
+                    latencies.append(ms)
+                    errors += resp.status_code != 200
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {
+        "requests": len(latencies), "errors": errors, "rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url")
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    photos = [p.read_bytes() for p in QUERY_PHOTOS]
+
+    # The model's own work on the same photos, in this process, while the server is idle.
+    embedder = OnnxRuntimeEmbedder(MODEL_DIR)
+    spec = embedder.manifest.input.spec()
+    cycle = iter(range(10**9))
+
+    def decode_embed():
+        embedder.embed(load_image(photos[next(cycle) % len(photos)], spec)[None])
+
+    url, proc = (args.url, None) if args.url else start_server()
+    try:
+        load(url, photos, 1, 20)  # warm-up
+        # Interleave short rounds of the two, so machine noise hits both alike.
+        rounds = 10
+        per_round = max(1, args.requests // rounds)
+        service, model = [], []
+        for _ in range(rounds):
+            service.append(load(url, photos, 1, per_round)["p50_ms"])
+            model.append(median_ms(decode_embed, repeats=per_round, warmup=1))
+        c1 = load(url, photos, 1, args.requests)
+        c8 = load(url, photos, 8, args.requests)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait()
+
+    service_p50, model_ms = statistics.median(service), statistics.median(model)
+    emit({
+        "bench": "search_e2e",
+        "concurrency_1": c1,
+        "concurrency_8": c8,
+        "interleaved_rounds": rounds,
+        "search_p50_c1_ms": round(service_p50, 2),
+        "decode_embed_ms_median": round(model_ms, 2),
+        "p50_c1_over_decode_embed": round(service_p50 / model_ms, 2),
+    })
+
+
+if __name__ == "__main__":
+    main()
