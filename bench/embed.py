@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 from common import MODEL_DIR, QUERY_PHOTOS, emit, median_ms
@@ -17,7 +18,7 @@ from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
     import torch
@@ -34,14 +35,18 @@ def main() -> None:
     for batch in (1, 16):
         pixels = np.stack([photos[i % len(photos)] for i in range(batch)])
         tensor = torch.from_numpy(pixels)
-        repeats = args.repeats if batch == 1 else max(5, args.repeats // 4)
+        repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
 
         def run_torch():
             with torch.inference_mode():
                 model(tensor)
 
-        torch_ms = median_ms(run_torch, repeats)
-        onnx_ms = median_ms(lambda: onnx.embed(pixels), repeats)
+        # Interleaved rounds, so the shared machine's noise hits both runtimes alike.
+        torch_rounds, onnx_rounds = [], []
+        for _ in range(5):
+            torch_rounds.append(median_ms(run_torch, repeats, warmup=1))
+            onnx_rounds.append(median_ms(lambda: onnx.embed(pixels), repeats, warmup=1))
+        torch_ms, onnx_ms = statistics.median(torch_rounds), statistics.median(onnx_rounds)
         result[f"batch{batch}"] = {
             "torch_eager_img_s": round(batch / torch_ms * 1e3, 1),
             "onnxruntime_img_s": round(batch / onnx_ms * 1e3, 1),
