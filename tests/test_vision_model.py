@@ -95,3 +95,12 @@ def test_committed_manifest_is_consistent():
     assert len(manifest.fine_labels) == 81 and len(manifest.coarse_labels) == 43  # classes.csv has coarse ids 0..42
     assert len(manifest.fine_to_coarse) == 81
     assert manifest.input.size == 224 and manifest.input.mean == (0.5, 0.5, 0.5)
+
+
+def test_triton_config_matches_manifest():
+    manifest = ModelManifest.load(MODEL_DIR)
+    config = (MODEL_DIR / "config.pbtxt").read_text()
+    size = manifest.input.size
+    assert f"dims: [ {size}, {size}, 3 ]" in config
+    assert f'name: "embedding", data_type: TYPE_FP32, dims: [ {manifest.embedding_dim} ]' in config
+    assert f"dims: [ {len(manifest.fine_labels)} ]" in config and f"dims: [ {len(manifest.coarse_labels)} ]" in config
