@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -16,8 +17,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("data"), description="catalogue database, photos and vector index")
     model_dir: Path = Field(REPO_ROOT / "triton_models" / "product_embedder", description="ONNX graph + manifest")
-    inference: str = Field("onnx", description="embedder runtime: 'onnx' (in-process ONNX Runtime)")
-    index: str = Field("faiss", description="vector index: 'faiss' (files under the data dir)")
+    inference: Literal["onnx"] = Field("onnx", description="embedder runtime: in-process ONNX Runtime")
+    index: Literal["faiss"] = Field("faiss", description="vector index: FAISS, files under the data dir")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
@@ -28,20 +29,6 @@ class Settings(BaseSettings):
     sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
     host: str = "127.0.0.1"
     port: int = 8000
-
-    @field_validator("inference")
-    @classmethod
-    def _known_runtime(cls, value: str) -> str:
-        if value != "onnx":
-            raise ValueError(f"unknown inference runtime {value!r}; supported: 'onnx'")
-        return value
-
-    @field_validator("index")
-    @classmethod
-    def _known_index(cls, value: str) -> str:
-        if value != "faiss":
-            raise ValueError(f"unknown vector index {value!r}; supported: 'faiss'")
-        return value
 
 
 @lru_cache

@@ -176,9 +176,8 @@ class CatalogService:
     # -- catalogue writes ---------------------------------------------------------------------
     def put_product(self, product: Product, photos: Sequence[Photo] = (), create_only: bool = False) -> Product:
         prepared = self.prepare(photos)
-        for new, data in prepared:
-            self.files.write(new.sha256, data)
-        with self._write_lock:
+        with self._write_lock:  # files too: a concurrent delete must not drop a file being re-added
+            self._write_files(prepared)
             saved, added = self.store.upsert_product(product, [p[0] for p in prepared], self.model_id, create_only)
             self._index_added(added, prepared)
         return saved
@@ -186,12 +185,15 @@ class CatalogService:
     def add_photos(self, product_id: str, photos: Sequence[Photo]) -> list[int]:
         self.store.get_product(product_id)  # 404 before the (slow) embedding
         prepared = self.prepare(photos)
-        for new, data in prepared:
-            self.files.write(new.sha256, data)
         with self._write_lock:
+            self._write_files(prepared)
             added = self.store.add_images(product_id, [p[0] for p in prepared], self.model_id)
             self._index_added(added, prepared)
         return [image_id for image_id, _ in added]
+
+    def _write_files(self, prepared) -> None:
+        for new, data in prepared:
+            self.files.write(new.sha256, data)
 
     def _index_added(self, added: list[tuple[int, int]], prepared) -> None:
         if added:
@@ -204,14 +206,14 @@ class CatalogService:
             removed = self.store.delete_product(product_id)
             self.index.remove([im.image_id for im in removed])
             self._maybe_save()
-        self._drop_files(removed)
+            self._drop_files(removed)
 
     def delete_photo(self, product_id: str, image_id: int) -> None:
         with self._write_lock:
             removed = self.store.delete_image(product_id, image_id)
             self.index.remove([image_id])
             self._maybe_save()
-        self._drop_files([removed])
+            self._drop_files([removed])
 
     def _drop_files(self, images: Sequence[ImageRecord]) -> None:
         for im in images:
