@@ -167,3 +167,16 @@ def test_hnsw_tombstones_trigger_rebuild():
     assert not index.needs_rebuild()
     index.remove(range(5, 15))
     assert index.needs_rebuild()
+
+
+def test_hnsw_filter_and_tombstones_together():
+    import gc
+
+    vecs = unit(100, 16, seed=1)
+    index = FaissIndex(16, hnsw_threshold=10)
+    index.rebuild([(np.arange(100, dtype=np.int64), vecs)])
+    index.remove([3])
+    gc.collect()
+    for _ in range(20):
+        _, ids = index.search(vecs[3], 5, allowed=np.array([3, 4, 5]))
+        assert set(ids) <= {4, 5} and len(ids) == 2

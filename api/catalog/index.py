@@ -105,12 +105,16 @@ class FaissIndex:
         """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids."""
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         with self._lock:
-            selector = None
+            # SWIG selectors do not own the selectors they wrap: `keep` holds every one until the search ends.
+            keep = []
             if allowed is not None:
-                selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+                keep.append(faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
             if self._tombstones:
-                dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64)))
-                selector = dead if selector is None else faiss.IDSelectorAnd(selector, dead)
+                keep.append(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64)))
+                keep.append(faiss.IDSelectorNot(keep[-1]))
+                if allowed is not None:
+                    keep.append(faiss.IDSelectorAnd(keep[0], keep[-1]))
+            selector = keep[-1] if keep else None
             k = max(1, min(k, self._index.ntotal))
             if self._index.ntotal == 0:
                 return np.empty(0, np.float32), np.empty(0, np.int64)
@@ -121,8 +125,8 @@ class FaissIndex:
             elif self.is_hnsw:
                 params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
             scores, ids = self._index.search(query, k, params=params)
-        keep = ids[0] >= 0
-        return scores[0][keep], ids[0][keep]
+        found = ids[0] >= 0
+        return scores[0][found], ids[0][found]
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: Path, model_id: str) -> None:
