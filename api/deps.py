@@ -7,7 +7,6 @@ from fastapi import Request
 from api.catalog.service import CatalogService
 from api.errors import ApiError
 from api.metrics import Metrics
-from api.settings import Settings
 
 
 def get_service(request: Request) -> CatalogService:
@@ -15,10 +14,6 @@ def get_service(request: Request) -> CatalogService:
     if service is None or not service.ready:
         raise ApiError(503, "not_ready", "the model or the vector index is still loading; retry shortly")
     return service
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def get_metrics(request: Request) -> Metrics:

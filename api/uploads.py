@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import Request, UploadFile
+from fastapi import Request
+from starlette.datastructures import UploadFile  # what request.form() yields; FastAPI's subclasses it
 
 from api.errors import ApiError
 from vision.preprocess import ImageTooLargeError
@@ -43,7 +44,7 @@ async def read_search_photo(request: Request, limit: int) -> tuple[bytes, dict[s
         form = await request.form(max_files=1, max_fields=16)
         try:
             upload = form.get("image")
-            if not isinstance(upload, UploadFile) and not hasattr(upload, "read"):
+            if not isinstance(upload, UploadFile):
                 raise ApiError(422, "missing_image", "send the photo as the multipart file field 'image'")
             data = await read_capped(upload, limit)
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
