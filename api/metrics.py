@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from api.schemas import Channel
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -34,7 +36,7 @@ class Metrics:
 class MetricsMiddleware:
     """Request count and latency by route template and channel (plain ASGI: no per-request task)."""
 
-    CHANNELS = frozenset({"web", "app", "api", "kiosk", "batch"})
+    CHANNELS = frozenset(c.value for c in Channel)
 
     def __init__(self, app, metrics: Metrics):
         self.app = app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -33,5 +34,5 @@ def percentile(values, q: float) -> float:
 
 
 def emit(result: dict) -> None:
-    result["machine"] = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     print(json.dumps(result, indent=2))

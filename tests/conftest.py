@@ -1,3 +1,4 @@
+import csv
 import os
 import socket
 import subprocess
@@ -13,6 +14,19 @@ from api.app import create_app
 from api.settings import REPO_ROOT, Settings
 
 SAMPLES = REPO_ROOT / "samples"
+
+
+def sample_catalog_subset(out: Path, keep=lambda row: True, limit: int | None = None) -> list[dict]:
+    """Write a catalogue CSV of the first `limit` sample products that `keep`, with absolute photo paths."""
+    rows = list(csv.DictReader(open(SAMPLES / "catalog.csv")))
+    chosen = [r for r in rows if keep(r)][:limit]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        for r in chosen:
+            w.writerow({**r, "images": ";".join(str(SAMPLES / p) for p in r["images"].split(";"))})
+    return chosen
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from api.settings import REPO_ROOT
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_catalog_subset
 from tests.images import png_claiming
 
 pytestmark = pytest.mark.slow
@@ -62,13 +62,7 @@ def seesku(*args, data_dir, **kwargs):
 
 def test_cli_import_export_search_roundtrip(tmp_path):
     small = tmp_path / "in" / "catalog.csv"
-    small.parent.mkdir()
-    rows = list(csv.DictReader(open(SAMPLES / "catalog.csv")))[:5]
-    with open(small, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=rows[0].keys())
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "images": ";".join(str(SAMPLES / p) for p in r["images"].split(";"))})
+    sample_catalog_subset(small, limit=5)
     done = seesku("catalog", "import", str(small), data_dir=tmp_path / "a")
     assert done.returncode == 0, done.stderr
     assert "imported 5 products" in done.stdout and "25 photos indexed" in done.stdout

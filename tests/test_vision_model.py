@@ -1,6 +1,5 @@
 """Backbone weights, the product model and its ONNX export (needs the train extras)."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from api.settings import REPO_ROOT  # noqa: E402
+from tests.conftest import sample_catalog_subset  # noqa: E402
 from vision.backbones import create_backbone, pair_state_dict  # noqa: E402
 from vision.manifest import ModelManifest  # noqa: E402
 from vision.preprocess import InputSpec, load_image  # noqa: E402
@@ -49,14 +49,8 @@ def test_export_parity_and_manifest(tmp_path):
     from vision.export import PARITY_MIN_COSINE, export_pretrained
 
     # a small catalogue from the samples: 6 products in 3 coarse classes
-    rows = list(csv.DictReader(open(REPO_ROOT / "samples" / "catalog.csv")))
-    chosen = [r for r in rows if r["coarse_category"] in ("Apple", "Milk", "Pepper")][:6]
     small = tmp_path / "catalog.csv"
-    with open(small, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=rows[0].keys())
-        w.writeheader()
-        for r in chosen:
-            w.writerow({**r, "images": ";".join(str(REPO_ROOT / "samples" / p) for p in r["images"].split(";"))})
+    chosen = sample_catalog_subset(small, lambda r: r["coarse_category"] in ("Apple", "Milk", "Pepper"), limit=6)
     manifest = export_pretrained(small, tmp_path / "model", log=lambda _: None)
     assert manifest.metrics["parity_min_cosine"] >= PARITY_MIN_COSINE
     assert manifest.fine_labels == [r["fine_category"] for r in chosen]

@@ -115,7 +115,11 @@ def decode(data: bytes, min_size: int | None = None, limits: Limits = Limits()) 
     `min_size`: the short side the caller needs. Large JPEGs are then decoded with DCT scaling (libjpeg's
     1/2, 1/4, 1/8), so a 12 MP phone photo is never decoded at full size.
     """
-    im = open_image(data, limits)
+    return decode_opened(open_image(data, limits), min_size)
+
+
+def decode_opened(im: Image.Image, min_size: int | None = None) -> Image.Image:
+    """`decode` for an image `open_image` already opened and checked (callers that also need its header)."""
     try:
         if im.format == "GIF" or getattr(im, "n_frames", 1) > 1:
             im.seek(0)  # animated images: the first frame

@@ -25,7 +25,9 @@ from PIL import Image
 from api.catalog.index import FaissIndex
 from api.catalog.store import CatalogStore, ImageRecord, NewImage, NotFound, Product
 from api.settings import Settings
-from vision.preprocess import ImageError, Limits, load_image, open_image, thumbnail
+from vision.preprocess import (
+    ImageError, Limits, decode_opened, load_image, open_image, thumbnail, to_model_input,
+)
 from vision.runtimes import Embedder, create_embedder
 
 log = logging.getLogger("seesku.catalog")
@@ -153,9 +155,10 @@ class CatalogService:
         decoded = []
         for position, photo in enumerate(photos):
             try:
-                header = open_image(photo.data, self.limits)
-                fmt, (width, height) = header.format, header.size
-                decoded.append((photo, fmt, width, height, load_image(photo.data, self.spec, self.limits)))
+                im = open_image(photo.data, self.limits)
+                fmt, (width, height) = im.format, im.size  # the original's, before DCT scaling
+                pixels = to_model_input(decode_opened(im, self.spec.resize_size), self.spec)
+                decoded.append((photo, fmt, width, height, pixels))
             except ImageError as exc:
                 raise PhotoError(position, photo.name, exc) from None
         prepared = []

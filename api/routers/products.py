@@ -127,7 +127,8 @@ async def add_images(
     check_content_length(request, settings.max_upload_bytes, parts=len(images))
     photos = [Photo(await read_capped(f, settings.max_upload_bytes), f.filename or "") for f in images]
     ids = await run_in_threadpool(service.add_photos, product_id, photos)
-    added = [im for im in service.store.images_of([product_id])[product_id] if im.image_id in set(ids)]
+    new_ids = set(ids)
+    added = [im for im in service.store.images_of([product_id])[product_id] if im.image_id in new_ids]
     return ImagesAdded(product_id=product_id, added=[image_out(i) for i in added], skipped_duplicates=len(photos) - len(ids))
 
 
