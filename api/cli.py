@@ -17,6 +17,10 @@ from api.settings import REPO_ROOT, Settings
 app = typer.Typer(help="seesku: visual product recognition.", no_args_is_help=True, add_completion=False)
 catalog_app = typer.Typer(help="Import and export the catalogue in the data dir.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+train_app = typer.Typer(help="Train models (needs `pip install '.[train]'`).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+eval_app = typer.Typer(help="Evaluate models (needs `pip install '.[train]'`).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 
 def _progress(description: str):
@@ -121,6 +125,73 @@ def export_onnx(
     )
     json.dump(manifest.metrics, sys.stdout, indent=2)
     typer.echo()
+
+
+def _command_line() -> str:
+    return " ".join(["seesku", *sys.argv[1:]])
+
+
+@train_app.command("vision")
+def train_vision(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a folder per product, or a CSV of path,product_id,fine,coarse")],
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints, history, exported model")],
+    backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2")] = "tf_efficientnet_lite0",
+    epochs: Annotated[int, typer.Option(min=1)] = 15,
+    sizes: Annotated[str, typer.Option(help="training resolutions, one per equal share of the epochs")] = "160,192,224",
+    freeze_blocks: Annotated[int, typer.Option(min=0, help="backbone blocks kept frozen after the stem")] = 2,
+    lr: Annotated[float, typer.Option(help="peak learning rate of the heads; the backbone gets lr x backbone-lr-mult")] = 2e-3,
+    backbone_lr_mult: Annotated[float, typer.Option()] = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_steps_per_epoch: Annotated[int, typer.Option(help="0: full epochs")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
+    export: Annotated[bool, typer.Option(help="export the best checkpoint to OUT/product_embedder when done")] = True,
+) -> None:
+    """Fine-tune the product model; a checkpoint every epoch, the best one (validation fine top-1) exported."""
+    from training.progress import TrainProgress
+    from training.vision import TrainConfig, train
+
+    config = TrainConfig(
+        data=str(data), out=str(out), backbone=backbone, epochs=epochs,
+        sizes=[int(s) for s in sizes.split(",")], freeze_blocks=freeze_blocks, lr=lr,
+        backbone_lr_mult=backbone_lr_mult, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
+    )
+    with TrainProgress() as ui:
+        best = train(config, resume=resume, ui=ui)
+    typer.echo(f"best checkpoint: {best}", err=True)
+    if export:
+        _export_checkpoint(best, out / "product_embedder", data)
+
+
+def _export_checkpoint(checkpoint: Path, out: Path, data: Path | None) -> None:
+    from training.export import export_trained
+
+    manifest = export_trained(checkpoint, out, data=data, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"exported {manifest.model_id} to {out}", err=True)
+    json.dump(manifest.metrics, sys.stdout, indent=2)
+    typer.echo()
+
+
+@eval_app.command("vision")
+def eval_vision(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
+    split: Annotated[str, typer.Option(help="train, val or test")] = "val",
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="exported model folder (manifest.json + ONNX)")] = REPO_ROOT / "triton_models" / "product_embedder",
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON on stdout")] = False,
+    out: Annotated[Path, typer.Option(help="folder for results JSON, per-class CSV and confusion matrix PNG")] = REPO_ROOT / "training" / "reports",
+    report: Annotated[Optional[Path], typer.Option(help="report to (re)write from every result in OUT; default OUT/<dataset>.md")] = None,
+    name: Annotated[Optional[str], typer.Option(help="label of this model in the report; default its model_id")] = None,
+) -> None:
+    """Evaluate an exported model on a split through the service's own preprocess and runtime."""
+    from training.evaluate import evaluate, write_report
+
+    result = evaluate(model, data, split, out, name=name, log=lambda m: typer.echo(m, err=True))
+    path = write_report(out, report)
+    typer.echo(f"report: {path}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in result["metrics"].items():
+            typer.echo(f"{key:32s} {value:.4f}")
 
 
 def main() -> None:  # console-script entry point

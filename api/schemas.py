@@ -36,7 +36,11 @@ class Match(BaseModel):
     product_id: str
     name: str
     category: CategoryRef
-    score: float = Field(description="cosine similarity of the photo to the product's best-matching photo")
+    score: float = Field(description="ranking score: visual_score + head_weight x category_probability (visual_score alone when the category is unknown to the model)")
+    visual_score: float = Field(description="cosine similarity of the photo to the product's best-matching photo")
+    category_probability: float | None = Field(
+        description="the model's probability for the product's fine category; null when the model does not know it"
+    )
     image_url: str = Field(description="the product photo that matched")
     thumbnail_url: str
 

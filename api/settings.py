@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
     max_images_per_request: int = Field(32, gt=0, description="photos in one POST /v1/products/{id}/images")
+    head_weight: float = Field(
+        0.5, ge=0, le=10,
+        description="search score = visual similarity + head_weight x P(product's fine category); 0 = visual only",
+    )
     hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
     load_samples: bool = Field(True, description="import the sample catalogue when the catalogue is empty")

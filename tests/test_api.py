@@ -33,7 +33,11 @@ def test_search_contract(sample_client):
     assert set(body) == {"matches", "categories", "timings_ms", "model", "channel"}
     assert len(body["matches"]) == 5
     first = body["matches"][0]
-    assert set(first) == {"product_id", "name", "category", "score", "image_url", "thumbnail_url"}
+    assert set(first) == {
+        "product_id", "name", "category", "score", "visual_score", "category_probability", "image_url", "thumbnail_url",
+    }
+    for m in body["matches"]:  # the documented rule, with the default head weight 0.5
+        assert m["score"] == pytest.approx(m["visual_score"] + 0.5 * m["category_probability"], abs=1e-5)
     assert set(first["category"]) == {"fine", "coarse"}
     scores = [m["score"] for m in body["matches"]]
     assert scores == sorted(scores, reverse=True) and len({m["product_id"] for m in body["matches"]}) == 5

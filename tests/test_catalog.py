@@ -180,3 +180,58 @@ def test_hnsw_filter_and_tombstones_together():
     for _ in range(20):
         _, ids = index.search(vecs[3], 5, allowed=np.array([3, 4, 5]))
         assert set(ids) <= {4, 5} and len(ids) == 2
+
+
+# -- ranking: category heads + embedding ----------------------------------------------------------
+
+def _fused_setup(service, fine_known: str):
+    """Two products with the same photo distance; only one has a category the heads know."""
+    service.put_product(product("known", fine=fine_known), [photo(3)])
+    service.put_product(product("unknown", fine="Added-After-Training"), [photo(3)])
+    return service.prepare([photo(3)])[0][0]
+
+
+def test_rank_adds_head_probability_to_visual_score(service):
+    label = service.manifest.fine_labels[0]
+    prepared = _fused_setup(service, label)
+    probs = np.zeros(len(service.manifest.fine_labels), dtype=np.float32)
+    probs[0] = 0.8
+    matches = service.rank(prepared.embedding, probs, 2)
+    assert [m.product.product_id for m in matches] == ["known", "unknown"]
+    known, unknown = matches
+    assert known.category_probability == pytest.approx(0.8)
+    assert known.score == pytest.approx(known.visual_score + service.settings.head_weight * 0.8)
+    # A product the heads have never seen ranks by its embedding alone.
+    assert unknown.category_probability is None and unknown.score == pytest.approx(unknown.visual_score)
+
+
+def test_rank_with_zero_head_weight_is_the_visual_order(tmp_path):
+    svc = CatalogService(make_settings(tmp_path, load_samples=False, head_weight=0.0))
+    svc.open()
+    try:
+        label = svc.manifest.fine_labels[0]
+        svc.put_product(product("far", fine=label), [photo(40)])
+        svc.put_product(product("near", fine="Other"), [photo(3)])
+        query = svc.prepare([photo(3)])[0][0].embedding
+        probs = np.zeros(len(svc.manifest.fine_labels), dtype=np.float32)
+        probs[0] = 1.0
+        assert [m.product.product_id for m in svc.rank(query, probs, 2)] == ["near", "far"]
+    finally:
+        svc.store.close()
+
+
+def test_confident_category_surfaces_a_product_outside_the_visual_shortlist(tmp_path):
+    svc = CatalogService(make_settings(tmp_path, load_samples=False, head_weight=2.0, index_save_interval_s=3600))
+    svc.open()
+    try:
+        label = svc.manifest.fine_labels[0]
+        for i in range(40):  # 40 products nearer to the query than the target: more than the short-list of 32
+            svc.put_product(product(f"p{i}", fine="Other"), [photo(3 + (i % 5))])
+        svc.put_product(product("target", fine=label), [photo(60)])
+        query = svc.prepare([photo(3)])[0][0].embedding
+        assert "target" not in [m.product.product_id for m in svc.nearest_products(query, 32)]
+        probs = np.zeros(len(svc.manifest.fine_labels), dtype=np.float32)
+        probs[0] = 1.0
+        assert [m.product.product_id for m in svc.rank(query, probs, 1)] == ["target"]
+    finally:
+        svc.store.close()

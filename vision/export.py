@@ -137,29 +137,6 @@ def export_pretrained(
     log(f"embedding {len(photos)} catalogue photos for the prototype heads")
     model, fine_labels, coarse_labels, fine_to_coarse = build_prototype_model(backbone, photos, scale)
     cfg = REGISTRY[backbone]
-    spec = InputSpec(cfg.input_size, cfg.crop_pct)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "1").mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir / "1")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        log("exporting to ONNX")
-        export_onnx(model, tmp_path)
-        check_paths = [p.path for p in photos[:32]]
-        pixels = np.stack([load_image(p.read_bytes(), spec) for p in check_paths])
-        metrics = parity(model, tmp_path, pixels)
-        log(f"parity: {metrics}")
-        if metrics["parity_min_cosine"] < PARITY_MIN_COSINE:
-            raise RuntimeError(f"ONNX/torch embedding cosine {metrics['parity_min_cosine']:.6f} < {PARITY_MIN_COSINE}")
-        if queries_csv is not None:
-            metrics.update(_query_metrics(tmp_path, queries_csv, spec, fine_labels, coarse_labels))
-        os.chmod(tmp_path, 0o644)  # mkstemp makes it owner-only; Triton may run as another user
-        os.replace(tmp_path, out_dir / "1" / "model.onnx")
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
     manifest = ModelManifest(
         model_id=f"seesku-{backbone.replace('tf_', '').replace('_', '-')}-prototype",
         version=version,
@@ -174,9 +151,45 @@ def export_pretrained(
         fine_labels=fine_labels,
         coarse_labels=coarse_labels,
         fine_to_coarse=fine_to_coarse,
-        metrics=metrics,
         command=command,
     )
+    return write_model(model, manifest, out_dir, [p.path for p in photos[:32]], queries_csv, log)
+
+
+def write_model(
+    model: ProductModel,
+    manifest: ModelManifest,
+    out_dir: Path,
+    check_photos: Sequence[Path],
+    queries_csv: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> ModelManifest:
+    """Export `model`, check parity on `check_photos`, then write graph + manifest into `out_dir` atomically.
+
+    The parity figures (and the sample-query figures when `queries_csv` is given) are added to the
+    manifest's metrics; nothing is replaced unless the parity check passes.
+    """
+    spec = manifest.input.spec()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "1").mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir / "1")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        log("exporting to ONNX")
+        export_onnx(model, tmp_path)
+        pixels = np.stack([load_image(Path(p).read_bytes(), spec) for p in check_photos])
+        metrics = parity(model, tmp_path, pixels)
+        log(f"parity: {metrics}")
+        if metrics["parity_min_cosine"] < PARITY_MIN_COSINE:
+            raise RuntimeError(f"ONNX/torch embedding cosine {metrics['parity_min_cosine']:.6f} < {PARITY_MIN_COSINE}")
+        if queries_csv is not None:
+            metrics.update(_query_metrics(tmp_path, queries_csv, spec, manifest.fine_labels, manifest.coarse_labels))
+        os.chmod(tmp_path, 0o644)  # mkstemp makes it owner-only; Triton may run as another user
+        os.replace(tmp_path, out_dir / "1" / "model.onnx")
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
     manifest.save(out_dir)
     return manifest
 

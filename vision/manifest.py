@@ -45,7 +45,9 @@ class ModelManifest(BaseModel):
     fine_to_coarse: list[int] = Field(description="index into coarse_labels for each fine label")
     onnx_file: str = "1/model.onnx"
     metrics: dict[str, float] = {}
-    command: str = ""
+    command: str = Field("", description="the command that produced this model")
+    data_checksum: str = Field("", description="sha256 over the training photos and labels (empty: untrained heads)")
+    training: list[dict] = Field([], description="per-epoch training record of a fine-tuned model")
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "ModelManifest":

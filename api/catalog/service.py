@@ -55,8 +55,10 @@ class Photo:
 @dataclass
 class Match:
     product: Product
-    score: float
-    image_id: int
+    score: float  # what the results are ordered by (see CatalogService.rank)
+    image_id: int  # the product photo that matched best
+    visual_score: float = 0.0  # cosine similarity of the query to that photo
+    category_probability: float | None = None  # P(fine category) from the heads; None: unknown to them
 
 
 @dataclass
@@ -102,6 +104,7 @@ class CatalogService:
         self.manifest = self.embedder.manifest
         self.model_id = f"{self.manifest.model_id}:{self.manifest.version}"
         self.spec = self.manifest.input.spec()
+        self._fine_position = {label: i for i, label in enumerate(self.manifest.fine_labels)}
         self.limits = Limits(settings.max_upload_bytes, settings.max_image_pixels)
         data_dir = settings.data_dir
         self.store = CatalogStore(data_dir / "catalog.sqlite3")
@@ -260,7 +263,7 @@ class CatalogService:
         t1 = time.perf_counter()
         out = self.embedder.embed(pixels[None])
         t2 = time.perf_counter()
-        matches = self.nearest_products(out.embedding[0], k, category)
+        matches = self.rank(out.embedding[0], out.fine_probs[0], k, category)
         t3 = time.perf_counter()
         return SearchResult(
             matches=matches,
@@ -274,9 +277,41 @@ class CatalogService:
             },
         )
 
-    def nearest_products(self, embedding: np.ndarray, k: int, category: str | None = None) -> list[Match]:
-        """The k best products; a product scores as its best-matching photo."""
+    def rank(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int, category: str | None = None) -> list[Match]:
+        """Rank products by embedding similarity and the category heads together.
+
+        score = visual_score + head_weight * P(product's fine category), where visual_score is the cosine
+        similarity of the photo to the product's best-matching photo and P comes from the fine head. A
+        product whose fine category the heads do not know (added after training) scores by visual_score
+        alone. Candidates are the visual top max(4k, 32) plus the nearest products of each fine category
+        the heads give >= 5 %, so a confident classification can surface a product no photo of which
+        made the visual short-list. head_weight 0 (SEESKU_HEAD_WEIGHT) gives the pure visual order.
+        """
+        weight = self.settings.head_weight
+        pool = max(4 * k, 32)
+        candidates = {m.product.product_id: m for m in self.nearest_products(embedding, pool, category)}
+        if weight <= 0:
+            return list(candidates.values())[:k]
+        labels = self.manifest.fine_labels
+        confident = [i for i in np.argsort(-fine_probs)[:3] if fine_probs[i] >= 0.05]
+        for i in confident:
+            for m in self.nearest_products(embedding, k, category, within=labels[i]):
+                candidates.setdefault(m.product.product_id, m)
+        position = self._fine_position
+        for m in candidates.values():
+            index = position.get(m.product.fine_category)
+            if index is not None:
+                m.category_probability = float(fine_probs[index])
+                m.score = m.visual_score + weight * m.category_probability
+        return sorted(candidates.values(), key=lambda m: -m.score)[:k]
+
+    def nearest_products(self, embedding: np.ndarray, k: int, category: str | None = None, within: str | None = None) -> list[Match]:
+        """The k products with the most similar photos (a product scores as its best-matching photo),
+        optionally only in `category` and in `within` (both fine or coarse category names)."""
         allowed = self.store.image_ids(category) if category is not None else None
+        if within is not None:
+            inside = self.store.image_ids(within)
+            allowed = inside if allowed is None else np.intersect1d(allowed, inside)
         if allowed is not None and not len(allowed):
             return []
         limit = len(self.index) if allowed is None else len(allowed)
@@ -294,7 +329,7 @@ class CatalogService:
             fetch = min(limit, fetch * 4)
         top = list(best.items())[:k]
         products = self.store.get_products([pid for pid, _ in top])
-        return [Match(products[pid], score, image_id) for pid, (score, image_id) in top if pid in products]
+        return [Match(products[pid], score, image_id, visual_score=score) for pid, (score, image_id) in top if pid in products]
 
     # -- bulk import --------------------------------------------------------------------------
     def import_csv(self, path: Path, progress: Callable[[int, int], None] | None = None) -> int:

@@ -56,6 +56,8 @@ def to_response(result: SearchResult, service: CatalogService, channel: Channel)
             name=m.product.name,
             category=CategoryRef(fine=m.product.fine_category, coarse=m.product.coarse_category),
             score=round(m.score, 6),
+            visual_score=round(m.visual_score, 6),
+            category_probability=None if m.category_probability is None else round(m.category_probability, 6),
             image_url=url,
             thumbnail_url=thumb,
         ))

@@ -1,0 +1,61 @@
+"""Export a fine-tuned checkpoint to the Triton model repository layout (graph + manifest)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from training.data import load_photos
+from training.vision import TrainConfig, load_checkpoint
+from vision.backbones import REGISTRY
+from vision.export import write_model
+from vision.manifest import InputConfig, ModelManifest
+
+
+def export_trained(
+    checkpoint: Path,
+    out_dir: Path,
+    data: Path | None = None,
+    queries_csv: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> ModelManifest:
+    """Write `out_dir/1/model.onnx` + `manifest.json` for a `best.pt`, with its validation figures, the
+    exact training command and a checksum of the training data."""
+    model, state = load_checkpoint(checkpoint)
+    config = TrainConfig(**state["config"])
+    cfg = REGISTRY[config.backbone]
+    data = Path(data or config.data)
+    train_set = load_photos(data, "train")
+    log("checksumming the training data")
+    best = max(state["history"], key=lambda r: r.get("val_fine_top1", 0.0))
+    metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
+    metrics["best_epoch"] = float(best["epoch"])
+    metrics["train_wall_s"] = float(sum(r["seconds"] for r in state["history"]))
+    manifest = ModelManifest(
+        model_id=f"seesku-{config.backbone.replace('tf_', '').replace('_', '-')}-ft",
+        version="1",
+        backbone=config.backbone,
+        source_weights=f"{cfg.source} (ImageNet-1k), fine-tuned on {train_set.source} "
+                       f"({len(train_set)} photos + {len(train_set.iconic)} catalogue photos)",
+        heads=f"trained cosine heads (scale {config.head_scale:g}) on a {config.embedding_dim}-d projection; "
+              "cross-entropy + SupCon, see training/vision.py",
+        input=InputConfig(size=cfg.input_size, crop_pct=cfg.crop_pct, mean=cfg.mean, std=cfg.std),
+        embedding_dim=model.embedding_dim,
+        fine_labels=state["fine_labels"],
+        coarse_labels=state["coarse_labels"],
+        fine_to_coarse=state["fine_to_coarse"],
+        metrics=metrics,
+        command=state.get("command") or _train_command(config),
+        data_checksum=train_set.checksum(),
+        training=state["history"],
+    )
+    check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
+    return write_model(model, manifest, out_dir, check, queries_csv, log)
+
+
+def _train_command(config: TrainConfig) -> str:
+    return (
+        f"seesku train vision --data {config.data} --out {config.out} --backbone {config.backbone} "
+        f"--epochs {config.epochs} --sizes {','.join(map(str, config.sizes))} --freeze-blocks {config.freeze_blocks} "
+        f"--lr {config.lr:g} --backbone-lr-mult {config.backbone_lr_mult:g} --seed {config.seed}"
+    )

@@ -1,0 +1,371 @@
+"""Fine-tune the product model on labelled photos (`seesku train vision`).
+
+Losses, on every batch:
+- cross-entropy (label smoothing 0.1) on the fine cosine head, and on the coarse head at half weight;
+- supervised contrastive loss (SupCon, Khosla et al. 2020) on the L2-normalised embedding. Why SupCon:
+  the served embedding is searched against *catalogue* photos, so what matters is that a shopper photo
+  lands next to its product's catalogue photo. Each batch is P products x K shopper photos plus each
+  product's iconic (catalogue) photo, so SupCon pulls every shopper photo towards the catalogue photo and
+  the other photos of its product, and pushes it from the other products in the batch, using every
+  positive pair instead of one triplet. The cosine heads are themselves class proxies; SupCon adds the
+  pairwise photo-to-catalogue structure the proxies do not see.
+
+Making it practical on two CPU cores (measured with lite0, batch 32, see the report):
+- every photo is decoded once into a uint8 cache (`runs/cache/`), so an epoch never touches JPEG;
+- the stem and first blocks are frozen (their BN statistics too): 224 px trains 2x faster (16 -> 32 img/s);
+- progressive resolution (FixRes-style): early epochs at 160 px (3x faster than 224), the last at the
+  served 224 px;
+- channels-last tensors.
+
+A checkpoint is written atomically after every epoch (`last.pt`, and `best.pt` when the validation fine
+top-1 improves); `--resume` continues from `last.pt` with the same sampler and augmentation seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2 as T
+from PIL import Image
+
+from training.data import PhotoSet, load_photos
+from vision.backbones import REGISTRY
+from vision.model import ProductModel
+from vision.preprocess import InputSpec, decode, load_image
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    backbone: str = "tf_efficientnet_lite0"
+    epochs: int = 15
+    classes_per_batch: int = 8  # P
+    photos_per_class: int = 4  # K; each batch also holds the P catalogue photos
+    lr: float = 2e-3  # heads and projection
+    backbone_lr_mult: float = 0.2
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    embedding_dim: int = 512
+    head_scale: float = 24.0
+    label_smoothing: float = 0.1
+    coarse_weight: float = 0.5
+    supcon_weight: float = 0.5
+    supcon_temperature: float = 0.1
+    freeze_blocks: int = 2  # stem + this many of the backbone's blocks stay at their ImageNet weights
+    sizes: list[int] = field(default_factory=lambda: [160, 192, 224])  # resolution per equal share of epochs
+    cache_side: int = 288
+    seed: int = 0
+    threads: int = 0  # 0: every core
+    max_steps_per_epoch: int = 0  # 0: a full pass over the training photos (tests use a small number)
+
+    def size_for_epoch(self, epoch: int) -> int:
+        return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // max(1, self.epochs))]
+
+
+# ---------------------------------------------------------------------------------------------- data
+def decoded_cache(paths: list[Path], side: int, cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Every photo decoded once (EXIF-rotated, RGB, short side `side`, centre square), memory-mapped."""
+    key = hashlib.sha256(f"{side}\n".encode() + "\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:16]
+    file = cache_dir / f"decoded-{side}-{len(paths)}-{key}.npy"
+    if file.exists():
+        return np.load(file, mmap_mode="r")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npy")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
+    for i, path in enumerate(paths):
+        im = decode(path.read_bytes(), min_size=side)
+        scale = side / min(im.size)
+        w, h = max(side, round(im.width * scale)), max(side, round(im.height * scale))
+        left, top = (w - side) // 2, (h - side) // 2
+        array[i] = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC).crop((left, top, left + side, top + side)))
+        if progress:
+            progress(i + 1, len(paths))
+    array.flush()
+    del array
+    os.replace(tmp, file)
+    return np.load(file, mmap_mode="r")
+
+
+def phone_photo_augment(size: int) -> T.Compose:
+    """Augmentations that look like shoppers' phone photos: framing, tilt, perspective, light, blur, JPEG."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        T.RandomApply([T.RandomRotation(15)], p=0.4),
+        T.RandomPerspective(distortion_scale=0.25, p=0.3),
+        T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03),
+        T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
+        T.RandomApply([T.JPEG(quality=(30, 90))], p=0.3),
+    ])
+
+
+class AugmentedPhotos(torch.utils.data.Dataset):
+    def __init__(self, cache: np.ndarray):
+        self.cache = cache
+        self.size = 224
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = torch.from_numpy(np.array(self.cache[index])).permute(2, 0, 1)  # copy out of the read-only memmap
+        return phone_photo_augment(self.size)(image)
+
+
+def pk_batches(labels: np.ndarray, iconic_rows: dict[int, int], p: int, k: int, seed: int) -> list[list[int]]:
+    """One epoch of batches: P products x K photos each (+ each product's catalogue photo), every photo once."""
+    rng = np.random.default_rng(seed)
+    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)}
+    batches = []
+    while pools:
+        classes = list(rng.permutation(list(pools)))[:p]
+        batch = []
+        for c in classes:
+            take, pools[c] = pools[c][:k], pools[c][k:]
+            batch += [int(i) for i in take]
+            if c in iconic_rows:
+                batch.append(iconic_rows[c])
+            if not pools[c]:
+                del pools[c]
+        batches.append(batch)
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def supcon_loss(embedding: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss over a batch of L2-normalised embeddings."""
+    n = len(embedding)
+    self_mask = torch.eye(n, dtype=torch.bool, device=embedding.device)
+    logits = (embedding @ embedding.t() / temperature).masked_fill(self_mask, float("-inf"))
+    log_prob = logits.log_softmax(dim=1)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    has_positive = positives.any(dim=1)
+    if not has_positive.any():
+        return embedding.sum() * 0.0
+    per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
+    return per_anchor[has_positive].mean()
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build_model(config: TrainConfig, photos: PhotoSet, pretrained: bool = True) -> ProductModel:
+    model = ProductModel(
+        config.backbone, len(photos.fine_labels), len(photos.coarse_labels),
+        embedding_dim=config.embedding_dim, pretrained=pretrained, head_scale=config.head_scale,
+    )
+    for module in frozen_modules(model, config.freeze_blocks):
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+    return model.to(memory_format=torch.channels_last)
+
+
+def frozen_modules(model: ProductModel, blocks: int) -> list[torch.nn.Module]:
+    if blocks <= 0:
+        return []
+    bb = model.backbone
+    return [bb.conv_stem, bb.bn1, *list(bb.blocks)[:blocks]]
+
+
+def set_train_mode(model: ProductModel, config: TrainConfig) -> None:
+    model.train()
+    for module in frozen_modules(model, config.freeze_blocks):
+        module.eval()  # frozen layers keep their ImageNet BN statistics too
+
+
+def train_logits(model: ProductModel, images: torch.Tensor):
+    """NCHW uint8 -> embedding, fine logits, coarse logits (the exported graph applies softmax)."""
+    x = ((images.float() - model.mean) / model.std).contiguous(memory_format=torch.channels_last)
+    embedding = model.embed_normalised(x)
+    return embedding, model.fine_head(embedding), model.coarse_head(embedding)
+
+
+def make_optimizer(model: ProductModel, config: TrainConfig) -> torch.optim.Optimizer:
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_backbone = name.startswith("backbone.")
+        no_decay = parameter.ndim <= 1  # BN and biases
+        groups.setdefault((is_backbone, no_decay), []).append(parameter)
+    return torch.optim.AdamW([
+        {
+            "params": params,
+            "lr": config.lr * (config.backbone_lr_mult if is_backbone else 1.0),
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+        }
+        for (is_backbone, no_decay), params in groups.items()
+    ])
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def embed_pixels(model: ProductModel, pixels: np.ndarray, batch: int = 64):
+    model.eval()
+    outs = [model(torch.from_numpy(pixels[i : i + batch])) for i in range(0, len(pixels), batch)]
+    return tuple(torch.cat(parts).numpy() for parts in zip(*outs))
+
+
+def validation_metrics(model: ProductModel, val_pixels: np.ndarray, val_fine: np.ndarray, val_coarse: np.ndarray,
+                       iconic_pixels: np.ndarray, iconic_labels: np.ndarray) -> dict[str, float]:
+    from training.metrics import recall_at_k, topk_accuracy
+
+    embedding, fine, coarse = embed_pixels(model, val_pixels)
+    metrics = {"val_fine_top1": topk_accuracy(fine, val_fine, 1), "val_coarse_top1": topk_accuracy(coarse, val_coarse, 1)}
+    if len(iconic_pixels):
+        gallery = embed_pixels(model, iconic_pixels)[0]
+        metrics["val_catalogue_r1"] = recall_at_k(embedding, val_fine, gallery, iconic_labels, 1)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
+    """Train; returns the path of the best checkpoint. `ui` is a training.progress.TrainProgress or None."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    state = None
+    if resume:
+        if not last.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        saved = TrainConfig(**state["config"])
+        if (saved.data, saved.backbone, saved.embedding_dim) != (config.data, config.backbone, config.embedding_dim):
+            raise ValueError(f"--resume: {last} was trained with a different data/backbone/embedding size")
+        config = saved if config.epochs == saved.epochs else TrainConfig(**{**state["config"], "epochs": config.epochs})
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    train_set = load_photos(config.data, "train")
+    val_set = load_photos(config.data, "val")
+    if not len(train_set):
+        raise ValueError(f"{config.data}: the train split has no photos")
+    iconic_items = sorted(train_set.iconic.items())
+    paths = [p.path for p in train_set.photos] + [path for _, path in iconic_items]
+    labels = np.array([p.fine for p in train_set.photos] + [f for f, _ in iconic_items])
+    coarse = np.array([p.coarse for p in train_set.photos] + [train_set.fine_to_coarse[f] for f, _ in iconic_items])
+    iconic_rows = {f: len(train_set.photos) + i for i, (f, _) in enumerate(iconic_items)}
+    cache_dir = out.parent / "cache"
+    cache = decoded_cache(paths, config.cache_side, cache_dir, ui.stage("decoding photos once") if ui else None)
+
+    spec = InputSpec(REGISTRY[config.backbone].input_size, REGISTRY[config.backbone].crop_pct)
+    val_pixels = np.stack([load_image(p.path.read_bytes(), spec) for p in val_set.photos]) if len(val_set) else None
+    val_fine = np.array([p.fine for p in val_set.photos])
+    val_coarse = np.array([p.coarse for p in val_set.photos])
+    iconic_pixels = np.stack([load_image(path.read_bytes(), spec) for _, path in iconic_items]) if iconic_items else np.zeros((0,))
+    iconic_labels = np.array([f for f, _ in iconic_items])
+
+    model = build_model(config, train_set, pretrained=state is None)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = len(pk_batches(labels[: len(train_set.photos)], {}, config.classes_per_batch, config.photos_per_class, 0))
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps_per_epoch * config.epochs, max(1, int(steps_per_epoch * config.warmup_epochs)))
+    )
+    start_epoch, best, history = 0, -1.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+
+    meta = {
+        "fine_labels": train_set.fine_labels, "coarse_labels": train_set.coarse_labels,
+        "fine_to_coarse": train_set.fine_to_coarse, "config": asdict(config),
+    }
+    dataset = AugmentedPhotos(cache)
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 1000 + epoch)  # augmentation randomness, reproducible on resume
+        dataset.size = config.size_for_epoch(epoch)
+        batches = pk_batches(labels, iconic_rows, config.classes_per_batch, config.photos_per_class, config.seed * 1000 + epoch)
+        batches = batches[:steps_per_epoch]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=1, worker_init_fn=_worker_init,
+            multiprocessing_context="fork" if os.name == "posix" else None,
+        )
+        set_train_mode(model, config)
+        started, seen, running, total_loss = time.perf_counter(), 0, None, 0.0
+        update = ui.epoch(epoch, config.epochs, dataset.size, len(batches)) if ui else None
+        for step, (images, index) in enumerate(zip(loader, batches)):
+            y_fine = torch.from_numpy(labels[index])
+            y_coarse = torch.from_numpy(coarse[index])
+            embedding, fine_logits, coarse_logits = train_logits(model, images)
+            loss_fine = F.cross_entropy(fine_logits, y_fine, label_smoothing=config.label_smoothing)
+            loss_coarse = F.cross_entropy(coarse_logits, y_coarse, label_smoothing=config.label_smoothing)
+            loss_metric = supcon_loss(embedding, y_fine, config.supcon_temperature)
+            loss = loss_fine + config.coarse_weight * loss_coarse + config.supcon_weight * loss_metric
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(index)
+            total_loss += loss.item()
+            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+            if update:
+                update(step + 1, running, seen / (time.perf_counter() - started))
+        record = {
+            "epoch": epoch + 1, "size": dataset.size, "loss": total_loss / max(1, len(batches)), "images": seen,
+            "seconds": round(time.perf_counter() - started, 1), "images_per_s": round(seen / (time.perf_counter() - started), 1),
+        }
+        if val_pixels is not None:
+            record.update(validation_metrics(model, val_pixels, val_fine, val_coarse, iconic_pixels, iconic_labels))
+        history.append(record)
+        score = record.get("val_fine_top1", -record["loss"])
+        improved = score > best
+        if improved:
+            best = score
+            _atomic_save({"model": model.state_dict(), **meta, "epoch": epoch, "history": history}, out / "best.pt")
+        _atomic_save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best": best, "history": history, **meta,
+        }, last)
+        with open(out / "history.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if ui:
+            ui.epoch_done(record, improved)
+    return out / "best.pt"
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # the main process's two threads do the training
+
+
+def load_checkpoint(path: str | Path) -> tuple[ProductModel, dict]:
+    """The model of a `best.pt`/`last.pt` and its metadata (labels, config, history)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig(**state["config"])
+    model = ProductModel(
+        config.backbone, len(state["fine_labels"]), len(state["coarse_labels"]),
+        embedding_dim=config.embedding_dim, pretrained=False, head_scale=config.head_scale,
+    )
+    model.load_state_dict(state["model"])
+    return model.eval(), state
