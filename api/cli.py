@@ -127,6 +127,52 @@ def export_onnx(
     typer.echo()
 
 
+@app.command()
+def tag(
+    source: Annotated[Path, typer.Argument(exists=True, help="a folder (recursive), a .zip, or a .csv with a 'path' column")],
+    out: Annotated[Path, typer.Option(help="results, .csv or .jsonl; rerunning with the same OUT resumes")],
+    k: Annotated[int, typer.Option(min=0, max=20, help="closest catalogue products per photo")] = 3,
+    batch: Annotated[int, typer.Option(min=1, max=256)] = 32,
+    workers: Annotated[int, typer.Option(min=1, help="decode processes")] = 1,
+    duplicate_threshold: Annotated[float, typer.Option(min=0, max=1, help="cosine similarity for near-duplicates")] = 0.95,
+    blur_threshold: Annotated[float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")] = 60.0,
+) -> None:
+    """Tag every photo: categories, closest catalogue products, near-duplicate groups, quality flags."""
+    from api.tagging.engine import TagOptions, Tagger, output_format
+    from api.tagging.sources import SourceError, list_items
+
+    try:
+        output_format(out)
+        items = list_items(source)
+    except (SourceError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+    service = _service(settings) if k else None
+    matcher = None
+    if service is not None and service.store.count_products():
+        matcher = lambda emb, probs, n: [(m.product.product_id, m.score) for m in service.rank(emb, probs, n)]  # noqa: E731
+    from vision.preprocess import Limits
+    from vision.runtimes import create_embedder
+
+    embedder = service.embedder if service else create_embedder(settings.inference, settings.model_dir, settings.onnx_threads)
+    tagger = Tagger(embedder, matcher, TagOptions(k, batch, workers, duplicate_threshold, blur_threshold),
+                    Limits(settings.max_upload_bytes, settings.max_image_pixels))
+    progress, update = _progress("tagging")
+    try:
+        with progress:
+            summary = tagger.run(items, out, progress=update, source=str(source.resolve()))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {out} holds the photos tagged so far; run the same command again to resume", err=True)
+        raise typer.Exit(130)
+    finally:
+        if service is not None:
+            service.close()
+    typer.echo(
+        f"tagged {summary.tagged_now} photos now ({summary.done}/{summary.total} done, {summary.unreadable} unreadable) "
+        f"at {summary.rate:.1f} photos/s; {summary.duplicate_groups} near-duplicate groups; results in {out}", err=True)
+
+
 def _command_line() -> str:
     return " ".join(["seesku", *sys.argv[1:]])
 

@@ -1,0 +1,308 @@
+"""Bulk tagging: every photo of a folder, zip or CSV gets categories, catalogue matches, a near-duplicate
+group and quality flags.
+
+Decoding runs in worker processes (`vision.preprocess`, the same transform as search) while the main
+process embeds full batches, so the run is bound by the model. Progress lives in a SQLite state file next
+to the output (`<out>.state.sqlite3`): each batch is one transaction, so a rerun skips what is done and a
+kill at any moment loses at most the batch in flight. The output itself is appended batch by batch (a
+valid partial file at any time) and rewritten at the end, atomically, with the duplicate groups, which
+need every embedding of the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import sqlite3
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import faiss
+import numpy as np
+
+from api.tagging.sources import Item
+from vision.preprocess import ImageError, InputSpec, Limits, decode_opened, open_image, to_model_input
+from vision.runtimes import Embedder
+
+CSV_COLUMNS = [
+    "path", "status", "fine", "fine_probability", "coarse", "coarse_probability", "matches",
+    "duplicate_group", "flags", "blur_variance", "width", "height", "error",
+]
+Matcher = Callable[[np.ndarray, np.ndarray, int], list[tuple[str, float]]]
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    k: int = 3  # catalogue matches per photo
+    batch: int = 32
+    workers: int = 1  # decode processes; the model uses the remaining cores
+    duplicate_threshold: float = 0.95  # cosine similarity at or above which two photos are near-duplicates
+    blur_threshold: float = 60.0  # variance of the Laplacian of the model input below which a photo is blurry
+    min_side: int = 64  # photos with a shorter side are flagged too small
+
+
+# ---------------------------------------------------------------------------------------------- workers
+_worker: dict = {}
+
+
+def _init_worker(spec: InputSpec, limits: Limits, options: TagOptions) -> None:
+    cv2.setNumThreads(1)
+    _worker.update(spec=spec, limits=limits, options=options, zips={})
+
+
+def analyse(item: Item) -> tuple[Item, np.ndarray | None, dict]:
+    """Decode one photo to model input and measure its quality; never raises for a bad photo."""
+    spec, limits, options = _worker["spec"], _worker["limits"], _worker["options"]
+    try:
+        data = item.read(_worker["zips"])
+        im = open_image(data, limits)
+        width, height = im.size
+        pixels = to_model_input(decode_opened(im, spec.resize_size), spec)
+    except (ImageError, OSError, zipfile.BadZipFile, KeyError) as exc:
+        return item, None, {"status": "unreadable", "error": str(exc), "flags": ["unreadable"]}
+    gray = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    blur = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    flags = []
+    if min(width, height) < options.min_side:
+        flags.append("too_small")
+    if blur < options.blur_threshold:
+        flags.append("blurry")
+    return item, pixels, {"status": "ok", "width": width, "height": height, "blur_variance": round(blur, 1), "flags": flags}
+
+
+# ---------------------------------------------------------------------------------------------- state
+class TagState:
+    """What a run has done: one row per photo with its result and embedding."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS photos (key TEXT PRIMARY KEY, ord INTEGER NOT NULL, row TEXT NOT NULL, embedding BLOB)"
+        )
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db.commit()
+
+    def check_meta(self, **values: str) -> None:
+        """The state belongs to one input and one model: refuse to mix runs."""
+        stored = dict(self.db.execute("SELECT name, value FROM meta"))
+        for name, value in values.items():
+            if name in stored and stored[name] != value:
+                raise ValueError(f"{self.path} was made with {name}={stored[name]!r}, not {value!r}; use another --out")
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", values.items())
+
+    def done_keys(self) -> set[str]:
+        return {k for (k,) in self.db.execute("SELECT key FROM photos")}
+
+    def add(self, rows: Sequence[tuple[str, int, dict, np.ndarray | None]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?)",
+                [(k, o, json.dumps(r), None if e is None else e.astype(np.float32).tobytes()) for k, o, r, e in rows],
+            )
+
+    def rows(self) -> list[dict]:
+        return [json.loads(r) for (r,) in self.db.execute("SELECT row FROM photos ORDER BY ord")]
+
+    def embeddings(self) -> tuple[list[str], np.ndarray]:
+        keys, vectors = [], []
+        for key, blob in self.db.execute("SELECT key, embedding FROM photos WHERE embedding IS NOT NULL ORDER BY ord"):
+            keys.append(key)
+            vectors.append(np.frombuffer(blob, dtype=np.float32))
+        return keys, (np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
+
+    def set_groups(self, groups: dict[str, int]) -> None:
+        with self.db:
+            for key, row in list(self.db.execute("SELECT key, row FROM photos")):
+                data = json.loads(row)
+                data["duplicate_group"] = groups.get(key)
+                self.db.execute("UPDATE photos SET row = ? WHERE key = ?", (json.dumps(data), key))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# ---------------------------------------------------------------------------------------------- output
+def output_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"{path.name}: the output must be .csv or .jsonl")
+    return suffix[1:]
+
+
+def format_rows(rows: Sequence[dict], fmt: str, header: bool) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    for r in rows:
+        flat = {**r, "flags": ";".join(r.get("flags", [])),
+                "matches": ";".join(f"{m['product_id']}:{m['score']:.4f}" for m in r.get("matches", []))}
+        writer.writerow({k: ("" if v is None else v) for k, v in flat.items()})
+    return buf.getvalue()
+
+
+def write_output(path: Path, rows: Sequence[dict]) -> None:
+    """Replace the output with `rows`, atomically."""
+    fmt = output_format(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(format_rows(rows, fmt, header=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_output(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "a", newline="") as f:
+        f.write(format_rows(rows, output_format(path), header=False))
+        f.flush()
+
+
+# ---------------------------------------------------------------------------------------------- duplicates
+def duplicate_groups(keys: list[str], embeddings: np.ndarray, threshold: float) -> dict[str, int]:
+    """Near-duplicate groups: connected components of the graph 'cosine >= threshold'. Ids 1.. in input
+    order; photos without a near-duplicate get no group."""
+    if len(keys) < 2:
+        return {}
+    index = faiss.IndexFlatIP(embeddings.shape[1])
+    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    lims, _, ids = index.range_search(np.ascontiguousarray(embeddings, dtype=np.float32), threshold)
+    parent = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(keys)):
+        for j in ids[lims[i] : lims[i + 1]]:
+            a, b = find(i), find(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    roots = [find(i) for i in range(len(keys))]
+    sizes = np.bincount(roots, minlength=len(keys))
+    group_of_root: dict[int, int] = {}
+    groups = {}
+    for key, root in zip(keys, roots):
+        if sizes[root] > 1:
+            groups[key] = group_of_root.setdefault(root, len(group_of_root) + 1)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class TagSummary:
+    total: int
+    done: int
+    tagged_now: int
+    unreadable: int
+    duplicate_groups: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.tagged_now / self.seconds if self.seconds else 0.0
+
+
+class Tagger:
+    def __init__(self, embedder: Embedder, matcher: Matcher | None = None, options: TagOptions = TagOptions(),
+                 limits: Limits = Limits()):
+        self.embedder = embedder
+        self.matcher = matcher
+        self.options = options
+        self.limits = limits
+        self.manifest = embedder.manifest
+
+    def run(self, items: Sequence[Item], out: Path, progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, source: str = "") -> TagSummary:
+        """Tag `items` into `out`; resumes from `out`'s state file. Raises KeyboardInterrupt after leaving a
+        valid partial output when interrupted; returns early (state kept) when `should_stop()` says so."""
+        output_format(out)
+        started = time.perf_counter()
+        state = TagState(out.with_name(out.name + ".state.sqlite3"))
+        try:
+            state.check_meta(source=source, model=f"{self.manifest.model_id}:{self.manifest.version}")
+            done = state.done_keys()
+            write_output(out, state.rows())  # the output agrees with the state before anything is appended
+            order = {item.key: i for i, item in enumerate(items)}
+            todo = [item for item in items if item.key not in done]
+            finished = len(items) - len(todo)
+            if progress:
+                progress(finished, len(items))
+            tagged = unreadable = 0
+            try:
+                for rows in self._batches(todo, order, should_stop):
+                    state.add(rows)
+                    append_output(out, [r for _, _, r, _ in rows])
+                    tagged += len(rows)
+                    unreadable += sum(r["status"] != "ok" for _, _, r, _ in rows)
+                    if progress:
+                        progress(finished + tagged, len(items))
+            except KeyboardInterrupt:
+                write_output(out, state.rows())
+                raise
+            complete = len(state.done_keys()) >= len(items)
+            groups = 0
+            if complete:
+                keys, vectors = state.embeddings()
+                found = duplicate_groups(keys, vectors, self.options.duplicate_threshold)
+                state.set_groups(found)
+                groups = len(set(found.values()))
+            write_output(out, state.rows())
+            return TagSummary(len(items), finished + tagged, tagged, unreadable, groups, time.perf_counter() - started)
+        finally:
+            state.close()
+
+    def _batches(self, todo: Sequence[Item], order: dict[str, int], should_stop):
+        options = self.options
+        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        pool = ctx.Pool(options.workers, _init_worker, (self.manifest.input.spec(), self.limits, options))
+        try:
+            pending: list[tuple[Item, np.ndarray, dict]] = []
+            bad: list[tuple[str, int, dict, None]] = []
+            for item, pixels, info in pool.imap(analyse, todo, chunksize=4):
+                if pixels is None:
+                    bad.append((item.key, order[item.key], {"path": item.key, **info, "duplicate_group": None}, None))
+                else:
+                    pending.append((item, pixels, info))
+                if len(pending) >= options.batch:
+                    yield self._tag(pending, order) + bad
+                    pending, bad = [], []
+                    if should_stop and should_stop():
+                        return
+            if pending or bad:
+                yield (self._tag(pending, order) if pending else []) + bad
+        finally:
+            pool.terminate()
+            pool.join()
+
+    def _tag(self, batch: list[tuple[Item, np.ndarray, dict]], order: dict[str, int]):
+        out = self.embedder.embed(np.stack([p for _, p, _ in batch]))
+        fine_labels, coarse_labels = self.manifest.fine_labels, self.manifest.coarse_labels
+        rows = []
+        for i, (item, _, info) in enumerate(batch):
+            f, c = int(out.fine_probs[i].argmax()), int(out.coarse_probs[i].argmax())
+            matches = self.matcher(out.embedding[i], out.fine_probs[i], self.options.k) if self.matcher else []
+            row = {
+                "path": item.key, "status": "ok",
+                "fine": fine_labels[f], "fine_probability": round(float(out.fine_probs[i, f]), 4),
+                "coarse": coarse_labels[c], "coarse_probability": round(float(out.coarse_probs[i, c]), 4),
+                "matches": [{"product_id": pid, "score": round(score, 4)} for pid, score in matches],
+                "duplicate_group": None, **info,
+            }
+            rows.append((item.key, order[item.key], row, out.embedding[i]))
+        return rows

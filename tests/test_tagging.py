@@ -1,0 +1,174 @@
+"""Bulk tagging: a generated folder with a corrupt file, a tiny image and duplicates; resume; hostile zips."""
+
+import csv
+import json
+import shutil
+import stat
+import zipfile
+
+import pytest
+from PIL import Image, ImageFilter
+
+from api.settings import REPO_ROOT
+from api.tagging.engine import TagOptions, Tagger
+from api.tagging.sources import SourceError, list_items
+from tests.conftest import SAMPLES
+from vision.runtimes.onnx import OnnxRuntimeEmbedder
+
+MODEL = REPO_ROOT / "triton_models" / "product_embedder"
+PHOTOS = sorted((SAMPLES / "catalog").glob("*_*.jpg"))[:10]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return OnnxRuntimeEmbedder(MODEL, threads=2)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    (root / "nested").mkdir(parents=True)
+    for p in PHOTOS:
+        shutil.copy(p, root / p.name)
+    shutil.copy(PHOTOS[0], root / "nested" / "copy-of-first.jpg")  # an exact duplicate
+    Image.open(PHOTOS[1]).resize((300, 300)).save(root / "nested" / "resized-second.png")  # a near-duplicate
+    Image.open(PHOTOS[2]).filter(ImageFilter.GaussianBlur(6)).save(root / "blurred-third.jpg")
+    (root / "corrupt.jpg").write_bytes(PHOTOS[3].read_bytes()[:200])
+    Image.new("RGB", (24, 24), (200, 40, 40)).save(root / "tiny.png")
+    return root
+
+
+def read_csv(path):
+    return {r["path"]: r for r in csv.DictReader(open(path, newline=""))}
+
+
+def test_tag_folder(folder, tmp_path, embedder):
+    out = tmp_path / "tags.csv"
+    summary = Tagger(embedder, options=TagOptions(batch=4)).run(list_items(folder), out)
+    rows = read_csv(out)
+    assert summary.total == len(rows) == len(PHOTOS) + 5 and summary.unreadable == 1
+    assert rows["corrupt.jpg"]["status"] == "unreadable" and "unreadable" in rows["corrupt.jpg"]["flags"]
+    assert rows["corrupt.jpg"]["error"]
+    assert "too_small" in rows["tiny.png"]["flags"].split(";")
+    assert "blurry" in rows["blurred-third.jpg"]["flags"].split(";")
+    assert "blurry" not in rows[PHOTOS[2].name]["flags"]
+    first, second = PHOTOS[0].name, PHOTOS[1].name
+    assert rows[first]["duplicate_group"] and rows[first]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"]
+    assert rows[second]["duplicate_group"] == rows["nested/resized-second.png"]["duplicate_group"] != ""
+    assert rows[first]["duplicate_group"] != rows[second]["duplicate_group"]
+    assert rows[PHOTOS[5].name]["duplicate_group"] == ""
+    for r in rows.values():
+        if r["status"] == "ok":
+            assert r["fine"] and 0 < float(r["fine_probability"]) <= 1 and r["coarse"]
+
+
+def test_tag_jsonl_with_catalogue_matches(folder, tmp_path, embedder):
+    out = tmp_path / "tags.jsonl"
+    matcher_calls = []
+
+    def matcher(embedding, fine_probs, k):
+        matcher_calls.append(k)
+        return [("p1", 0.9), ("p2", 0.5)][:k]
+
+    Tagger(embedder, matcher, TagOptions(k=2, batch=8)).run(list_items(folder), out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(matcher_calls) == len(ok) and all(k == 2 for k in matcher_calls)
+    assert ok[0]["matches"] == [{"product_id": "p1", "score": 0.9}, {"product_id": "p2", "score": 0.5}]
+
+
+def test_stopped_run_leaves_valid_output_and_resumes(folder, tmp_path, embedder):
+    out = tmp_path / "tags.csv"
+    items = list_items(folder)
+    tagger = Tagger(embedder, options=TagOptions(batch=4))
+    calls = []
+
+    def interrupt_after_first_batch(done, total):
+        calls.append(done)
+        if len(calls) == 2:  # the first call reports the starting point
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tagger.run(items, out, progress=interrupt_after_first_batch)
+    partial = read_csv(out)  # parses: a valid partial file
+    assert 4 <= len(partial) < len(items)
+    summary = tagger.run(items, out)
+    assert summary.tagged_now == len(items) - len(partial)  # the rerun skipped what was done
+    final = read_csv(out)
+    assert sorted(final) == sorted(i.key for i in items)
+    assert final[PHOTOS[0].name]["duplicate_group"] == final["nested/copy-of-first.jpg"]["duplicate_group"] != ""
+
+
+def test_state_refuses_another_input(folder, tmp_path, embedder):
+    out = tmp_path / "tags.csv"
+    tagger = Tagger(embedder, options=TagOptions(batch=32))
+    tagger.run(list_items(folder), out, source="first")
+    with pytest.raises(ValueError, match="use another --out"):
+        tagger.run(list_items(folder), out, source="second")
+
+
+def test_output_must_be_csv_or_jsonl(folder, tmp_path, embedder):
+    with pytest.raises(ValueError, match=".csv or .jsonl"):
+        Tagger(embedder).run(list_items(folder), tmp_path / "tags.txt")
+
+
+# -- sources --------------------------------------------------------------------------------------
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:  # name: a str or a ZipInfo (to set link bits)
+            archive.writestr(name, data)
+    return path
+
+
+def test_zip_source(tmp_path, embedder):
+    archive = _zip(tmp_path / "photos.zip", [("a/one.jpg", PHOTOS[0].read_bytes()), ("two.jpg", PHOTOS[1].read_bytes()),
+                                            ("notes.txt", b"not a photo")])
+    items = list_items(archive)
+    assert [i.key for i in items] == ["a/one.jpg", "two.jpg"]
+    Tagger(embedder).run(items, tmp_path / "out.csv")
+    assert set(read_csv(tmp_path / "out.csv")) == {"a/one.jpg", "two.jpg"}
+
+
+@pytest.mark.parametrize("name", ["../evil.jpg", "/etc/evil.jpg", "a/../../evil.jpg", "C:/evil.jpg"])
+def test_zip_slip_is_refused(tmp_path, name):
+    archive = _zip(tmp_path / "evil.zip", [("fine.jpg", b"x"), (name, b"x")])
+    with pytest.raises(SourceError, match="not allowed"):
+        list_items(archive)
+
+
+def test_zip_links_and_oversized_members_are_refused(tmp_path):
+    link = zipfile.ZipInfo("link.jpg")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with pytest.raises(SourceError, match="is a link"):
+        list_items(_zip(tmp_path / "link.zip", [(link, "/etc/passwd")]))
+    with pytest.raises(SourceError, match="bytes, over"):
+        list_items(_zip(tmp_path / "big.zip", [("big.jpg", b"\0" * 2048)]), max_member_bytes=1024)
+
+
+def test_not_a_zip_is_refused(tmp_path):
+    (tmp_path / "fake.zip").write_bytes(b"PK not really")
+    with pytest.raises(SourceError, match="not a readable zip"):
+        list_items(tmp_path / "fake.zip")
+
+
+def test_csv_paths_outside_the_allowed_root_are_refused(tmp_path):
+    root = tmp_path / "allowed"
+    root.mkdir()
+    shutil.copy(PHOTOS[0], root / "in.jpg")
+    (root / "list.csv").write_text("path\nin.jpg\n../outside.jpg\n")
+    with pytest.raises(SourceError, match="outside the allowed folder"):
+        list_items(root / "list.csv", allowed_root=root)
+    (root / "ok.csv").write_text("path\nin.jpg\n")
+    assert [i.key for i in list_items(root / "ok.csv", allowed_root=root)] == ["in.jpg"]
+    link = root / "sneaky.jpg"
+    link.symlink_to("/etc/hostname")
+    (root / "link.csv").write_text("path\nsneaky.jpg\n")
+    with pytest.raises(SourceError, match="outside the allowed folder"):
+        list_items(root / "link.csv", allowed_root=root)
+
+
+def test_csv_without_path_column(tmp_path):
+    (tmp_path / "list.csv").write_text("file\na.jpg\n")
+    with pytest.raises(SourceError, match="'path' column"):
+        list_items(tmp_path / "list.csv")
