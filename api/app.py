@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import errors
 from api.catalog.service import CatalogService
 from api.metrics import Metrics, MetricsMiddleware
-from api.routers import catalog_info, products, search
+from api.routers import catalog_info, products, search, tagging
 from api.settings import Settings, get_settings
 
 log = logging.getLogger("seesku")
@@ -31,15 +31,36 @@ def start_service(settings: Settings) -> CatalogService:
     return service
 
 
+def start_jobs(settings: Settings, service: CatalogService):
+    """The tagging-job runner, sharing the service's model and catalogue."""
+    from api.tagging.engine import TagOptions, Tagger
+    from api.tagging.jobs import JobRunner, JobStore
+    from vision.preprocess import Limits
+
+    def tagger(options: TagOptions) -> Tagger:
+        def matcher(embedding, fine_probs, k):
+            return [(m.product.product_id, m.score) for m in service.rank(embedding, fine_probs, k)]
+
+        return Tagger(service.embedder, matcher, options, Limits(settings.max_upload_bytes, settings.max_image_pixels),
+                      start_method="spawn")
+
+    runner = JobRunner(JobStore(settings.data_dir / "jobs"), tagger, settings.tagging_root, settings.max_upload_bytes)
+    runner.start()
+    return runner
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.service = await run_in_threadpool(start_service, settings)
+        app.state.jobs = await run_in_threadpool(start_jobs, settings, app.state.service)
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.jobs.stop)
+            app.state.jobs.store.close()
             await run_in_threadpool(app.state.service.close)
 
     app = FastAPI(
@@ -54,5 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(search.router)
     app.include_router(products.router)
+    app.include_router(tagging.router)
     app.include_router(catalog_info.router)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -161,3 +162,35 @@ class Readiness(BaseModel):
     vectors: int
     model: ModelInfo
     reason: str | None = None
+
+
+# -- tagging jobs ---------------------------------------------------------------------------------
+
+class TaggingJob(BaseModel):
+    id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    kind: Literal["zip", "csv"]
+    total: int = Field(description="photos in the input")
+    done: int = Field(description="photos tagged so far")
+    rate: float = Field(description="photos per second while running")
+    eta_s: float | None = Field(description="estimated seconds to completion while running")
+    created: float = Field(description="Unix time")
+    started: float | None
+    finished: float | None
+    error: str | None
+    duplicate_groups: int | None = Field(description="near-duplicate groups found (when done)")
+    results_url: str
+
+
+class TaggingJobList(BaseModel):
+    jobs: list[TaggingJob]
+
+
+class DuplicateGroup(BaseModel):
+    id: int
+    photos: list[str]
+    thumbnail_urls: list[str]
+
+
+class DuplicateGroups(BaseModel):
+    groups: list[DuplicateGroup]

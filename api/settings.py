@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     )
     hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
+    tagging_root: Path | None = Field(None, description="folder that CSV tagging jobs may read photos from; unset: CSV jobs refused")
+    max_tagging_upload_bytes: int = Field(2 * 1024**3, gt=0, description="largest zip or CSV accepted by POST /v1/tagging/jobs")
     load_samples: bool = Field(True, description="import the sample catalogue when the catalogue is empty")
     sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
     host: str = "127.0.0.1"

@@ -220,7 +220,9 @@ class TagSummary:
 
 class Tagger:
     def __init__(self, embedder: Embedder, matcher: Matcher | None = None, options: TagOptions = TagOptions(),
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), start_method: str | None = None):
+        # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server must use "spawn".
+        self.start_method = start_method or ("fork" if os.name == "posix" else "spawn")
         self.embedder = embedder
         self.matcher = matcher
         self.options = options
@@ -269,7 +271,7 @@ class Tagger:
 
     def _batches(self, todo: Sequence[Item], order: dict[str, int], should_stop):
         options = self.options
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        ctx = multiprocessing.get_context(self.start_method)
         pool = ctx.Pool(options.workers, _init_worker, (self.manifest.input.spec(), self.limits, options))
         try:
             pending: list[tuple[Item, np.ndarray, dict]] = []
