@@ -19,10 +19,15 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[train,dev]'
 	touch $@ $(VENV)/.serve
 
+# The page tests drive Debian's chromium through Playwright (Playwright's own browser download is not used).
+$(VENV)/.browser: | $(BIN)/python
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	touch $@
+
 run: $(VENV)/.serve
 	$(BIN)/seesku serve
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(VENV)/.browser
 	$(BIN)/python -m pytest -q
 
 # Everything but the tests marked slow.

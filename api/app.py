@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.catalog.service import CatalogService
 from api.metrics import Metrics, MetricsMiddleware
-from api.routers import catalog_info, products, search, tagging
+from api.routers import catalog_info, pages, products, search, tagging
 from api.settings import Settings, get_settings
 
 log = logging.getLogger("seesku")
@@ -77,4 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products.router)
     app.include_router(tagging.router)
     app.include_router(catalog_info.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.WEB / "static"), name="static")
     return app

@@ -1,0 +1,81 @@
+"""The web pages in a real browser: headless Chromium (Debian `chromium`) driven by Playwright, against
+the real server. Set SEESKU_SCREENSHOT_DIR to keep screenshots of both pages (docs/screenshots/ has them)."""
+
+import csv
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is needed for the page tests: `make test` installs it (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()
+
+
+def screenshot(page, name: str) -> None:
+    folder = os.environ.get("SEESKU_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def test_camera_search_page_finds_the_product(live_server, browser):
+    base, _ = live_server
+    page = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True)  # a phone
+    page.goto(base + "/")
+    photo_input = page.locator("input#photo")
+    assert photo_input.get_attribute("capture") == "environment" and photo_input.get_attribute("accept") == "image/*"
+    assert page.get_by_label("Take or choose a photo").count() == 1  # labelled for screen readers
+    query = SAMPLES / "queries" / "Garant-Ecological-Standard-Milk_004.jpg"
+    expected = "Garant-Ecological-Standard-Milk"
+    photo_input.set_input_files(str(query))
+    page.locator("ol#matches li").first.wait_for(timeout=30_000)
+    ids = page.locator("ol#matches li").evaluate_all("items => items.map(li => li.dataset.productId)")
+    assert expected in ids[:5]
+    assert page.locator("#status").inner_text().startswith("5 matching products")
+    assert page.locator("ol#matches li img").first.get_attribute("alt").startswith("Catalogue photo of")
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    screenshot(page, "search.png")
+    page.close()
+
+
+def test_merchandiser_page_runs_a_job_and_downloads_results(live_server, browser, tmp_path):
+    base, _ = live_server
+    photos = sorted((SAMPLES / "catalog").glob("*_*.jpg"))[:6]
+    archive = tmp_path / "shelf.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in photos:
+            z.write(p, f"shelf/{p.name}")
+        z.write(photos[0], "shelf/duplicate-of-first.jpg")
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.goto(base + "/merchandiser")
+    page.get_by_label("Choose a zip of photos").set_input_files(str(archive))
+    page.get_by_role("button", name="Start tagging").click()
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('done')", timeout=120_000)
+    assert "7 of 7 photos tagged" in page.locator("#status").inner_text()
+    group = page.get_by_role("group", name="Duplicate group 1: 2 photos")
+    assert group.locator("img").count() == 2
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    screenshot(page, "merchandiser.png")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(rows) == 7 and {r["status"] for r in rows} == {"ok"}
+    assert rows[0]["fine"] and rows[0]["matches"]  # the sample catalogue gives catalogue matches
+    page.close()
