@@ -106,6 +106,8 @@ class CatalogStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
+        # Photo ids per category, read by every search that the category heads widen; any write clears it.
+        self._category_images: dict[str, np.ndarray] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -125,6 +127,7 @@ class CatalogStore:
                 try:
                     store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
                 finally:
+                    store._category_images.clear()
                     store._lock.release()
 
         return _Tx()
@@ -282,13 +285,19 @@ class CatalogStore:
         """Ids of every stored photo, or of the photos of products in one fine or coarse category."""
         if category is None:
             rows = self._query("SELECT image_id FROM images")
-        else:
-            rows = self._query(
-                "SELECT i.image_id FROM images i JOIN products p USING (product_id) "
-                "WHERE p.fine_category = ? OR p.coarse_category = ?",
-                (category, category),
-            )
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        with self._lock:
+            cached = self._category_images.get(category)
+            if cached is None:
+                rows = self._query(
+                    "SELECT i.image_id FROM images i JOIN products p USING (product_id) "
+                    "WHERE p.fine_category = ? OR p.coarse_category = ?",
+                    (category, category),
+                )
+                cached = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                cached.flags.writeable = False  # shared by concurrent searches
+                self._category_images[category] = cached
+            return cached
 
     def image_owners(self, image_ids: Sequence[int]) -> dict[int, str]:
         if not len(image_ids):

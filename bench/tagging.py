@@ -1,0 +1,166 @@
+"""Bulk tagging throughput and duplicate grouping on a generated 5,000-photo folder, in one run.
+
+    python bench/tagging.py [--photos 5000] [--folder /tmp/seesku-bench-tagging]
+
+The folder is generated from the sample catalogue's photos: each source photo gives several distinct
+*views* (different crops, framing and light), and some views get near-duplicate copies (re-encoded at
+another JPEG quality, resized, slightly brightened, cropped by a few pixels). Two photos are true duplicates
+exactly when they come from the same view, so pair precision and recall of the duplicate groups are known.
+Throughput: `seesku tag`'s engine (decode workers + batched ONNX Runtime + catalogue matching + state
+writes) in photos/s, next to the embedder's own batch-32 images/s on preloaded pixels, measured before
+and after the tagging run on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from common import MODEL_DIR, ROOT, emit, median_ms
+from PIL import Image, ImageEnhance
+
+from vision.preprocess import load_image
+from vision.runtimes.onnx import OnnxRuntimeEmbedder
+
+SOURCES = sorted((ROOT / "samples" / "catalog").glob("*.jpg"))
+
+
+def random_view(im: Image.Image, rng: random.Random) -> Image.Image:
+    """A distinct shot of the product: another crop, zoom and light."""
+    w, h = im.size
+    scale = rng.uniform(0.45, 0.8)
+    cw, ch = int(w * scale), int(h * scale)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    view = im.crop((x, y, x + cw, y + ch)).resize((320, 320), Image.Resampling.BICUBIC)
+    view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.75, 1.25))
+    view = ImageEnhance.Color(view).enhance(rng.uniform(0.7, 1.3))
+    if rng.random() < 0.5:
+        view = view.rotate(rng.uniform(-12, 12), resample=Image.Resampling.BICUBIC, fillcolor=(128, 128, 128))
+    return view
+
+
+def near_duplicate(view: Image.Image, rng: random.Random) -> Image.Image:
+    """The same shot after a trip through another system: resized, re-encoded, trimmed, a touch brighter."""
+    w, h = view.size
+    trim = rng.randint(0, 8)
+    dup = view.crop((trim, trim, w - trim, h - trim))
+    size = rng.randint(240, 400)
+    dup = dup.resize((size, size), Image.Resampling.BILINEAR)
+    return ImageEnhance.Brightness(dup).enhance(rng.uniform(0.95, 1.05))
+
+
+def generate(folder: Path, photos: int, seed: int = 0) -> None:
+    """Write the folder; a photo's name carries its view, the duplicate ground truth (see _truth)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [Image.open(p).convert("RGB") for p in SOURCES]
+    n = 0
+    view_id = 0
+    while n < photos:
+        src = rng.randrange(len(sources))
+        view = random_view(sources[src], rng)
+        copies = 1 + (rng.choice([1, 1, 2]) if rng.random() < 0.35 else 0)  # about a third of views are duplicated
+        for c in range(copies):
+            if n >= photos:
+                break
+            image = view if c == 0 else near_duplicate(view, rng)
+            name = f"{SOURCES[src].stem}/v{view_id:05d}_{c}.jpg"
+            (folder / name).parent.mkdir(exist_ok=True)
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=rng.randint(70, 95))
+            (folder / name).write_bytes(buf.getvalue())
+            n += 1
+        view_id += 1
+
+
+def pairs_of(groups: dict[str, object]) -> set[tuple[str, str]]:
+    members = defaultdict(list)
+    for name, group in groups.items():
+        if group not in (None, ""):
+            members[group].append(name)
+    return {tuple(sorted(p)) for names in members.values() for p in itertools.combinations(names, 2)}
+
+
+def embedder_rate(embedder: OnnxRuntimeEmbedder, pixels: np.ndarray, batch: int = 32) -> float:
+    x = pixels[:batch]
+    return batch / median_ms(lambda: embedder.embed(x), repeats=8, warmup=2) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--photos", type=int, default=5000)
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "seesku-bench-tagging")
+    parser.add_argument("--duplicate-threshold", type=float, default=None, help="default: the CLI's default")
+    args = parser.parse_args()
+
+    from api.catalog.service import CatalogService
+    from api.settings import Settings
+    from api.tagging.engine import TagOptions, Tagger
+    from api.tagging.sources import list_items
+
+    folder = args.folder / f"photos-{args.photos}"
+    if not folder.exists():  # generated once, then reused
+        shutil.rmtree(folder.with_suffix(".tmp"), ignore_errors=True)
+        generate(folder.with_suffix(".tmp"), args.photos)
+        folder.with_suffix(".tmp").rename(folder)
+    truth = _truth(folder)
+
+    work = Path(tempfile.mkdtemp(prefix="seesku-tag-"))
+    settings = Settings(data_dir=work / "data")
+    service = CatalogService(settings)
+    service.open()
+    service.import_csv(settings.sample_catalog)  # catalogue matches against the sample catalogue, as `make run` has
+    embedder = service.embedder
+    spec = service.manifest.input.spec()
+    pixels = np.stack([load_image(p.read_bytes(), spec) for p in sorted(folder.rglob("*.jpg"))[:32]])
+
+    before = embedder_rate(embedder, pixels)
+    options = TagOptions() if args.duplicate_threshold is None else TagOptions(duplicate_threshold=args.duplicate_threshold)
+    tagger = Tagger(embedder, lambda e, p, k: [(m.product.product_id, m.score) for m in service.rank(e, p, k)], options)
+    items = list_items(folder)
+    out = work / "tags.csv"
+    started = time.perf_counter()
+    summary = tagger.run(items, out)
+    wall = time.perf_counter() - started
+    after = embedder_rate(embedder, pixels)
+    service.close()
+
+    rows = {r["path"]: r["duplicate_group"] for r in csv.DictReader(open(out, newline=""))}
+    predicted, actual = pairs_of(rows), pairs_of(truth)
+    true_pairs = len(predicted & actual)
+    embed_rate = statistics.median([before, after])
+    emit({
+        "bench": "tagging",
+        "model": service.model_id,
+        "photos": len(items),
+        "true_duplicate_pairs": len(actual),
+        "tag_photos_per_s": round(summary.tagged_now / wall, 1),
+        "embedder_batch32_img_s": round(embed_rate, 1),
+        "embedder_batch32_img_s_before_after": [round(before, 1), round(after, 1)],
+        "tag_over_embedder": round(summary.tagged_now / wall / embed_rate, 3),
+        "duplicate_threshold": options.duplicate_threshold,
+        "duplicate_pairs_predicted": len(predicted),
+        "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
+        "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,
+        "options": {"batch": options.batch, "decode_workers": options.workers, "k": options.k},
+    })
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _truth(folder: Path) -> dict[str, str]:
+    """Ground truth from the file names: `<source>/v<view>_<copy>.jpg`."""
+    return {p.relative_to(folder).as_posix(): p.stem.split("_")[0] for p in folder.rglob("*.jpg")}
+
+
+if __name__ == "__main__":
+    main()
