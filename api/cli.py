@@ -107,21 +107,25 @@ def search(
 
 @app.command("export-onnx")
 def export_onnx(
+    checkpoint: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="a fine-tuned best.pt; without it, the untrained prototype model")] = None,
     catalog: Annotated[Path, typer.Option(exists=True, help="catalogue CSV whose photos build the prototype heads")] = REPO_ROOT / "samples" / "catalog.csv",
     out: Annotated[Path, typer.Option(help="model folder in the Triton repository")] = REPO_ROOT / "triton_models" / "product_embedder",
-    backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2")] = "tf_efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2 (prototype model)")] = "tf_efficientnet_lite0",
     queries: Annotated[Optional[Path], typer.Option(help="labelled query CSV to measure the heads on")] = REPO_ROOT / "samples" / "queries.csv",
-    scale: Annotated[float, typer.Option(help="cosine head scale (inverse temperature)")] = 20.0,
+    scale: Annotated[float, typer.Option(help="cosine head scale (prototype model)")] = 20.0,
 ) -> None:
-    """Export the pretrained product model to ONNX with its manifest (needs `pip install .[train]`)."""
+    """Export a product model to ONNX with its manifest (needs `pip install .[train]`)."""
+    queries = queries if queries and queries.exists() else None
+    if checkpoint is not None:
+        _export_checkpoint(checkpoint, out, None, queries)
+        return
     try:
         from vision.export import export_pretrained
     except ImportError as exc:
         typer.echo(f"export needs the training extras (pip install '.[train]'): {exc}", err=True)
         raise typer.Exit(2)
     manifest = export_pretrained(
-        catalog, out, backbone, scale, queries if queries and queries.exists() else None,
-        command=" ".join(["seesku", *sys.argv[1:]]), log=lambda m: typer.echo(m, err=True),
+        catalog, out, backbone, scale, queries, command=_command_line(), log=lambda m: typer.echo(m, err=True),
     )
     json.dump(manifest.metrics, sys.stdout, indent=2)
     typer.echo()
@@ -205,13 +209,14 @@ def train_vision(
         best = train(config, resume=resume, ui=ui)
     typer.echo(f"best checkpoint: {best}", err=True)
     if export:
-        _export_checkpoint(best, out / "product_embedder", data)
+        queries = REPO_ROOT / "samples" / "queries.csv"
+        _export_checkpoint(best, out / "product_embedder", queries if queries.exists() else None)
 
 
-def _export_checkpoint(checkpoint: Path, out: Path, data: Path | None) -> None:
+def _export_checkpoint(checkpoint: Path, out: Path, queries: Path | None) -> None:
     from training.export import export_trained
 
-    manifest = export_trained(checkpoint, out, data=data, log=lambda m: typer.echo(m, err=True))
+    manifest = export_trained(checkpoint, out, queries_csv=queries, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"exported {manifest.model_id} to {out}", err=True)
     json.dump(manifest.metrics, sys.stdout, indent=2)
     typer.echo()
