@@ -17,9 +17,9 @@ from api.settings import REPO_ROOT, Settings
 app = typer.Typer(help="seesku: visual product recognition.", no_args_is_help=True, add_completion=False)
 catalog_app = typer.Typer(help="Import and export the catalogue in the data dir.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
-train_app = typer.Typer(help="Train models (needs `pip install '.[train]'`).", no_args_is_help=True)
+train_app = typer.Typer(help="Train models (needs the train extras: make test installs them).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
-eval_app = typer.Typer(help="Evaluate models (needs `pip install '.[train]'`).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate models (needs the train extras: make test installs them).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -114,7 +114,7 @@ def export_onnx(
     queries: Annotated[Optional[Path], typer.Option(help="labelled query CSV to measure the heads on")] = REPO_ROOT / "samples" / "queries.csv",
     scale: Annotated[float, typer.Option(help="cosine head scale (prototype model)")] = 20.0,
 ) -> None:
-    """Export a product model to ONNX with its manifest (needs `pip install .[train]`)."""
+    """Export a product model to ONNX with its manifest (needs the train extras)."""
     queries = queries if queries and queries.exists() else None
     if checkpoint is not None:
         _export_checkpoint(checkpoint, out, None, queries)
