@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.catalog.service import CatalogService
 from api.metrics import Metrics, MetricsMiddleware
-from api.routers import catalog_info, pages, products, search, tagging
+from api.routers import catalog_info, pages, products, search, tagging, users
 from api.settings import Settings, get_settings
 
 log = logging.getLogger("seesku")
@@ -25,6 +25,10 @@ def start_service(settings: Settings) -> CatalogService:
     if settings.load_samples and service.store.count_products() == 0 and settings.sample_catalog.exists():
         log.info("empty catalogue: importing the sample catalogue %s", settings.sample_catalog)
         service.import_csv(settings.sample_catalog)
+        events = settings.sample_catalog.parent / "events.csv"
+        if events.exists():
+            log.info("importing the synthetic sample shopper events %s", events)
+            service.import_events_csv(events)
     log.info(
         "seesku ready: model %s, %d products, %d vectors",
         service.model_id, service.store.count_products(), len(service.index),
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(search.router)
     app.include_router(products.router)
+    app.include_router(users.router)
     app.include_router(tagging.router)
     app.include_router(catalog_info.router)
     app.include_router(pages.router)

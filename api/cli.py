@@ -245,6 +245,113 @@ def eval_vision(
             typer.echo(f"{key:32s} {value:.4f}")
 
 
+@train_app.command("recommender")
+def train_recommender(
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints and history")],
+    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="sequence file (one user a line, items in time order) or events CSV")] = None,
+    from_events: Annotated[bool, typer.Option("--from-events", help="train on the events stored in the data dir")] = False,
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    dim: Annotated[int, typer.Option(min=8)] = 64,
+    max_len: Annotated[int, typer.Option(min=2)] = 50,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    batch: Annotated[int, typer.Option(min=1, help="users per step")] = 256,
+    dropout: Annotated[float, typer.Option(min=0, max=0.9)] = 0.3,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
+    export_to: Annotated[Optional[Path], typer.Option(help="export the best model (ONNX + manifest) to this folder, e.g. triton_models/user_recommender")] = None,
+) -> None:
+    """Train the self-attention recommender (full softmax cross-entropy, early stopping on validation NDCG@10)."""
+    from training.recommender.train import RecommenderConfig, train
+
+    if (data is None) == (not from_events):
+        typer.echo("error: pass exactly one of --data FILE or --from-events", err=True)
+        raise typer.Exit(2)
+    seqs = _events_sequences(Settings()) if from_events else _sequence_file(data)
+    config = RecommenderConfig(
+        data=str(data or "events"), out=str(out), epochs=epochs, dim=dim, max_len=max_len, lr=lr, batch=batch, dropout=dropout,
+        seed=seed, from_events=from_events,
+        exclude_history=not (from_events or data.suffix.lower() == ".csv"),  # events: repeat purchases count
+    )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=Console(stderr=True))
+    tasks: dict[int, int] = {}
+
+    def update(epoch: int, step: int, total: int, loss: float) -> None:
+        if epoch not in tasks:
+            tasks[epoch] = progress.add_task(f"epoch {epoch + 1}", total=total, loss="-")
+        progress.update(tasks[epoch], completed=step, loss=f"{loss:.3f}")
+
+    with progress:
+        best = train(config, seqs, resume=resume, log=progress.console.print, progress=update)
+    typer.echo(f"best checkpoint: {best}", err=True)
+    if export_to is not None:
+        from training.recommender.export import export_recommender
+        from training.recommender.train import evaluate, load
+
+        model, _ = load(best)
+        metrics = {f"test_{k}": v for k, v in evaluate(model, seqs, "test", exclude_history=config.exclude_history).items() if k != "users"}
+        manifest = export_recommender(best, export_to, metrics, _command_line())
+        typer.echo(f"exported {manifest.model_id} to {export_to}: {json.dumps(metrics)}", err=True)
+
+
+def _sequence_file(path: Path):
+    """A sequence file (`user item item ...`), or an events CSV (`user_id,product_id,type,channel,timestamp`)."""
+    from training.recommender.data import from_events, read_events_csv, read_sequence_file
+
+    if path.suffix.lower() == ".csv":
+        return from_events([e[:4] for e in read_events_csv(path)])
+    return read_sequence_file(path)
+
+
+def _events_sequences(settings: Settings):
+    from api.catalog.store import CatalogStore
+    from training.recommender.data import from_events
+
+    store = CatalogStore(settings.data_dir / "catalog.sqlite3")
+    try:
+        products = [p.product_id for p in store.all_products()]
+        return from_events(store.event_rows(), products)
+    finally:
+        store.close()
+
+
+@eval_app.command("recommender")
+def eval_recommender(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="the sequence file the model was trained on")],
+    model: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="a best.pt checkpoint")],
+    split: Annotated[str, typer.Option(help="val or test")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="also write the result JSON here")] = None,
+) -> None:
+    """Leave-one-out evaluation, full ranking against every item: HR@5/10/20 and NDCG@5/10/20."""
+    import time
+
+    from training.recommender.train import evaluate, load
+
+    recommender, state = load(model)
+    started = time.perf_counter()
+    exclude = state["config"].get("exclude_history", True)
+    metrics = evaluate(recommender, _sequence_file(data), split, exclude_history=exclude)
+    history_file = model.parent / "history.json"
+    result = {
+        "data": str(data), "split": split, "model": str(model), "metrics": metrics,
+        "eval_s": round(time.perf_counter() - started, 1),
+        "best_epoch": state["epoch"] + 1,
+        "train_wall_s": json.loads(history_file.read_text())["wall_s"] if history_file.exists() else None,
+        "train_command": "seesku train recommender --data {data} --out {out} --epochs {epochs} --dim {dim} --max-len {max_len} "
+                         "--lr {lr:g} --batch {batch} --dropout {dropout:g} --seed {seed}".format(**state["config"]),
+        "protocol": "leave-one-out; target ranked against all items" + ("; items already in the history excluded" if exclude else ""),
+    }
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in metrics.items():
+            typer.echo(f"{key:10s} {value:.4f}")
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 from typing import Literal
 
@@ -37,10 +38,13 @@ class Match(BaseModel):
     product_id: str
     name: str
     category: CategoryRef
-    score: float = Field(description="ranking score: visual_score + head_weight x category_probability (visual_score alone when the category is unknown to the model)")
+    score: float = Field(description="ranking score: visual_score + head_weight x category_probability (the latter term only when the model knows the category) + personal_weight x personal_score (only for a shopper with history)")
     visual_score: float = Field(description="cosine similarity of the photo to the product's best-matching photo")
     category_probability: float | None = Field(
         description="the model's probability for the product's fine category; null when the model does not know it"
+    )
+    personal_score: float | None = Field(
+        None, description="the shopper model's share of this product among the candidates (user_id with history); null otherwise"
     )
     image_url: str = Field(description="the product photo that matched")
     thumbnail_url: str
@@ -194,3 +198,57 @@ class DuplicateGroup(BaseModel):
 
 class DuplicateGroups(BaseModel):
     groups: list[DuplicateGroup]
+
+
+# -- shopper events and personal recommendations ----------------------------------------------------
+
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"
+EventType = Literal["view", "cart", "purchase", "search_click"]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(pattern=USER_ID_PATTERN, examples=["shopper-42"])
+    product_id: str = Field(pattern=PRODUCT_ID_PATTERN, examples=["Oatly-Oat-Milk"])
+    type: EventType
+    channel: Channel
+    timestamp: datetime = Field(description="when it happened (ISO 8601; without an offset it is taken as UTC)")
+    event_id: str | None = Field(None, min_length=1, max_length=128, description="idempotency key: an event_id seen before is ignored")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events stored")
+    duplicates: int = Field(description="events ignored because their event_id was seen before")
+
+
+class HistoryEvent(BaseModel):
+    product_id: str
+    type: EventType
+    channel: Channel
+    timestamp: datetime
+    event_id: str | None
+
+
+class UserHistory(BaseModel):
+    user_id: str
+    events: list[HistoryEvent] = Field(description="every channel merged, oldest first")
+
+
+class Recommendation(BaseModel):
+    product_id: str
+    name: str
+    category: CategoryRef
+    score: float = Field(description="the shopper model's probability for this product among the catalogue (popularity share for 'popular')")
+    thumbnail_url: str | None
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    source: Literal["model", "popular"] = Field(description="'popular' when the shopper has no usable history or no shopper model is loaded")
+    model: str | None
+    recommendations: list[Recommendation]

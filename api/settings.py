@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         0.5, ge=0, le=10,
         description="search score = visual similarity + head_weight x P(product's fine category); 0 = visual only",
     )
+    personal_weight: float = Field(
+        0.5, ge=0, le=10,
+        description="search score += personal_weight x personal_score for a shopper with history; 0 = off (also per request)",
+    )
+    recommender_dir: Path | None = Field(REPO_ROOT / "triton_models" / "user_recommender", description="shopper model (ONNX + manifest)")
     hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
     tagging_root: Path | None = Field(None, description="folder that CSV tagging jobs may read photos from; unset: CSV jobs refused")

@@ -34,7 +34,8 @@ def test_search_contract(sample_client):
     assert len(body["matches"]) == 5
     first = body["matches"][0]
     assert set(first) == {
-        "product_id", "name", "category", "score", "visual_score", "category_probability", "image_url", "thumbnail_url",
+        "product_id", "name", "category", "score", "visual_score", "category_probability", "personal_score",
+        "image_url", "thumbnail_url",
     }
     for m in body["matches"]:  # the documented rule, with the default head weight 0.5
         assert m["score"] == pytest.approx(m["visual_score"] + 0.5 * m["category_probability"], abs=1e-5)

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from api.catalog.index import FaissIndex
-from api.catalog.store import CatalogStore, ImageRecord, NewImage, NotFound, Product
+from api.catalog.store import CatalogStore, Event, ImageRecord, NewImage, NotFound, Product
+from api.personal import PersonalModel
 from api.settings import Settings
 from vision.preprocess import (
     ImageError, Limits, decode_opened, load_image, open_image, thumbnail, to_model_input,
@@ -59,6 +60,7 @@ class Match:
     image_id: int  # the product photo that matched best
     visual_score: float = 0.0  # cosine similarity of the query to that photo
     category_probability: float | None = None  # P(fine category) from the heads; None: unknown to them
+    personal_score: float | None = None  # the shopper model's share among the candidates; None: not personalised
 
 
 @dataclass
@@ -105,6 +107,8 @@ class CatalogService:
         self.model_id = f"{self.manifest.model_id}:{self.manifest.version}"
         self.spec = self.manifest.input.spec()
         self._fine_position = {label: i for i, label in enumerate(self.manifest.fine_labels)}
+        recommender = settings.recommender_dir
+        self.personal = PersonalModel(recommender) if recommender and (recommender / "manifest.json").exists() else None
         self.limits = Limits(settings.max_upload_bytes, settings.max_image_pixels)
         data_dir = settings.data_dir
         self.store = CatalogStore(data_dir / "catalog.sqlite3")
@@ -255,7 +259,15 @@ class CatalogService:
         os.replace(tmp, cache)
         return data
 
-    def search(self, data: bytes, k: int = 10, category: str | None = None, top_categories: int = 5) -> SearchResult:
+    def personal_scores(self, user_id: str | None) -> dict[str, float] | None:
+        """The shopper model's scores from the user's merged history; None when there is nothing to go on."""
+        if not user_id or self.personal is None:
+            return None
+        history = self.store.history(user_id, self.personal.manifest.max_len)
+        return self.personal.scores(history) or None
+
+    def search(self, data: bytes, k: int = 10, category: str | None = None, top_categories: int = 5,
+               user_id: str | None = None, personal_weight: float | None = None) -> SearchResult:
         t0 = time.perf_counter()
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)
@@ -263,7 +275,9 @@ class CatalogService:
         t1 = time.perf_counter()
         out = self.embedder.embed(pixels[None])
         t2 = time.perf_counter()
-        matches = self.rank(out.embedding[0], out.fine_probs[0], k, category)
+        weight = self.settings.personal_weight if personal_weight is None else personal_weight
+        personal = self.personal_scores(user_id) if weight > 0 else None
+        matches = self.rank(out.embedding[0], out.fine_probs[0], k, category, personal, weight)
         t3 = time.perf_counter()
         return SearchResult(
             matches=matches,
@@ -277,8 +291,9 @@ class CatalogService:
             },
         )
 
-    def rank(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int, category: str | None = None) -> list[Match]:
-        """Rank products by embedding similarity and the category heads together.
+    def rank(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int, category: str | None = None,
+             personal: dict[str, float] | None = None, personal_weight: float = 0.0) -> list[Match]:
+        """Rank products by embedding similarity and the category heads together, then for the shopper.
 
         score = visual_score + head_weight * P(product's fine category), where visual_score is the cosine
         similarity of the photo to the product's best-matching photo and P comes from the fine head. A
@@ -286,12 +301,36 @@ class CatalogService:
         alone. Candidates are the visual top max(4k, 32) plus the nearest products of each fine category
         the heads give >= 5 %, so a confident classification can surface a product no photo of which
         made the visual short-list. head_weight 0 (SEESKU_HEAD_WEIGHT) gives the pure visual order.
+
+        Personal re-ranking (a shopper with history, `personal` = the shopper model's logits): the logits of
+        the candidates are turned into a softmax over the candidates, personal_score, and
+        score += personal_weight * personal_score. Candidates the shopper model does not know get 0.
         """
         weight = self.settings.head_weight
         pool = max(4 * k, 32)
         candidates = {m.product.product_id: m for m in self.nearest_products(embedding, pool, category)}
-        if weight <= 0:
-            return list(candidates.values())[:k]
+        if weight > 0:
+            self._add_category_scores(candidates, embedding, fine_probs, k, category, weight)
+        if personal and personal_weight > 0:
+            self._add_personal_scores(candidates, personal, personal_weight)
+        return sorted(candidates.values(), key=lambda m: -m.score)[:k]  # stable: ties keep the visual order
+
+    @staticmethod
+    def _add_personal_scores(candidates: dict[str, Match], personal: dict[str, float], weight: float) -> None:
+        known = [pid for pid in candidates if pid in personal]
+        if not known:
+            return
+        logits = np.array([personal[pid] for pid in known])
+        share = np.exp(logits - logits.max())
+        share /= share.sum()
+        for m in candidates.values():
+            m.personal_score = 0.0
+        for pid, p in zip(known, share.tolist()):
+            candidates[pid].personal_score = p
+            candidates[pid].score += weight * p
+
+    def _add_category_scores(self, candidates: dict[str, Match], embedding: np.ndarray, fine_probs: np.ndarray,
+                             k: int, category: str | None, weight: float) -> None:
         labels = self.manifest.fine_labels
         confident = [i for i in np.argsort(-fine_probs)[:3] if fine_probs[i] >= 0.05]
         for i in confident:
@@ -303,7 +342,6 @@ class CatalogService:
             if index is not None:
                 m.category_probability = float(fine_probs[index])
                 m.score = m.visual_score + weight * m.category_probability
-        return sorted(candidates.values(), key=lambda m: -m.score)[:k]
 
     def nearest_products(self, embedding: np.ndarray, k: int, category: str | None = None, within: str | None = None) -> list[Match]:
         """The k products with the most similar photos (a product scores as its best-matching photo),
@@ -332,6 +370,24 @@ class CatalogService:
         return [Match(products[pid], score, image_id, visual_score=score) for pid, (score, image_id) in top if pid in products]
 
     # -- bulk import --------------------------------------------------------------------------
+    def import_events_csv(self, path: Path) -> int:
+        """Shopper events from a CSV (`user_id,product_id,type,channel,timestamp,event_id`; '#' lines are
+        comments), skipping unknown products; idempotent by event_id."""
+        from datetime import datetime, timezone
+
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        known = {p.product_id for p in self.store.all_products()}
+        events = []
+        for row in rows:
+            if row["product_id"] not in known:
+                continue
+            ts = datetime.fromisoformat(row["timestamp"])
+            ts = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+            events.append(Event(row["user_id"], row["product_id"], row["type"], row["channel"], ts.timestamp(), row.get("event_id") or None))
+        return self.store.add_events(events)[0]
+
+
     def import_csv(self, path: Path, progress: Callable[[int, int], None] | None = None) -> int:
         """Import a catalogue CSV (product_id, name, fine_category, coarse_category, description, images).
 

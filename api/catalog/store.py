@@ -44,6 +44,18 @@ CREATE TABLE IF NOT EXISTS images (
     UNIQUE (product_id, sha256)
 );
 CREATE INDEX IF NOT EXISTS images_product ON images(product_id);
+-- What shoppers did, on every channel: one history per user_id. No foreign key to products: a product
+-- deleted later stays in the history it is part of.
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT UNIQUE,
+    user_id    TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    ts         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user ON events(user_id, ts);
 """
 
 PRODUCT_FIELDS = ("name", "fine_category", "coarse_category", "description", "attributes")
@@ -59,6 +71,16 @@ class Product:
     attributes: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+@dataclass
+class Event:
+    user_id: str
+    product_id: str
+    type: str
+    channel: str
+    ts: float  # Unix time
+    event_id: str | None = None
 
 
 @dataclass
@@ -345,3 +367,40 @@ class CatalogStore:
         return bool(self._query(
             "SELECT 1 FROM products WHERE fine_category = ? OR coarse_category = ? LIMIT 1", (name, name)
         ))
+
+    # -- shopper events -----------------------------------------------------------------------
+    def missing_products(self, product_ids: Sequence[str]) -> set[str]:
+        wanted = set(product_ids)
+        return wanted - set(self.get_products(sorted(wanted)))
+
+    def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Store events in one transaction; an event_id seen before is ignored. Returns (added, duplicates)."""
+        added = 0
+        with self._tx() as conn:
+            for e in events:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (event_id, user_id, product_id, type, channel, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                    (e.event_id, e.user_id, e.product_id, e.type, e.channel, e.ts),
+                )
+                added += cur.rowcount
+        return added, len(events) - added
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Event]:
+        """The user's events across channels, oldest first (the newest `limit` when given)."""
+        rows = self._query(
+            "SELECT user_id, product_id, type, channel, ts, event_id FROM events WHERE user_id = ? "
+            "ORDER BY ts DESC, seq DESC LIMIT ?", (user_id, -1 if limit is None else limit),
+        )
+        return [Event(*r) for r in reversed(rows)]
+
+    def event_rows(self) -> list[tuple[str, str, str, str]]:
+        """(user_id, product_id, type, channel) of every event, each user's in time order."""
+        return [tuple(r) for r in self._query("SELECT user_id, product_id, type, channel FROM events ORDER BY user_id, ts, seq")]
+
+    def popular_products(self, limit: int) -> list[tuple[str, int]]:
+        return [tuple(r) for r in self._query(
+            "SELECT e.product_id, COUNT(*) AS n FROM events e JOIN products p USING (product_id) "
+            "GROUP BY e.product_id ORDER BY n DESC, e.product_id LIMIT ?", (limit,))]
+
+    def all_products(self) -> list[Product]:
+        return [self._product(r) for r in self._query("SELECT * FROM products ORDER BY product_id")]

@@ -31,6 +31,7 @@ PHOTO_BODY = {
                         "k": {"type": "integer", "minimum": 1, "maximum": 100},
                         "category": {"type": "string"},
                         "user_id": {"type": "string"},
+                        "personal_weight": {"type": "number", "minimum": 0, "maximum": 10},
                     },
                 }
             },
@@ -45,6 +46,7 @@ class SearchParams(BaseModel):
     k: int = Field(10, ge=1, le=100)
     category: str | None = Field(None, min_length=1, max_length=100)
     user_id: str | None = Field(None, min_length=1, max_length=128)
+    personal_weight: float | None = Field(None, ge=0, le=10)
 
 
 def to_response(result: SearchResult, service: CatalogService, channel: Channel) -> SearchResponse:
@@ -58,6 +60,7 @@ def to_response(result: SearchResult, service: CatalogService, channel: Channel)
             score=round(m.score, 6),
             visual_score=round(m.visual_score, 6),
             category_probability=None if m.category_probability is None else round(m.category_probability, 6),
+            personal_score=None if m.personal_score is None else round(m.personal_score, 6),
             image_url=url,
             thumbnail_url=thumb,
         ))
@@ -87,11 +90,13 @@ async def search(
     k: Annotated[int | None, Query(ge=1, le=100, description="products to return (default 10)")] = None,
     category: Annotated[str | None, Query(description="only products of this fine or coarse category")] = None,
     user_id: Annotated[str | None, Query(description="the shopper, for personal re-ranking")] = None,
+    personal_weight: Annotated[float | None, Query(ge=0, le=10, description="weight of the personal score (default SEESKU_PERSONAL_WEIGHT; 0 = visual order)")] = None,
     x_channel: Annotated[Channel, Header(description="where the photo came from")] = Channel.api,
 ) -> Response:
     data, fields = await read_search_photo(request, service.settings.max_upload_bytes)
-    raw = {name: value for name, value in (("k", k), ("category", category), ("user_id", user_id)) if value is not None}
-    for name in ("k", "category", "user_id"):
+    names = ("k", "category", "user_id", "personal_weight")
+    raw = {name: value for name, value in zip(names, (k, category, user_id, personal_weight)) if value is not None}
+    for name in names:
         if name not in raw and name in fields:
             raw[name] = fields[name]
     try:
@@ -102,9 +107,9 @@ async def search(
             422, "validation_error", f"{first['loc'][0]}: {first['msg']}",
             [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
         ) from None
-    # user_id is accepted now so clients need not change when personal re-ranking arrives; the visual
-    # order is what every shopper gets until then.
-    result = await run_in_threadpool(service.search, data, params.k, params.category)
+    result = await run_in_threadpool(
+        service.search, data, params.k, params.category, 5, params.user_id, params.personal_weight,
+    )
     metrics.decode.observe(result.timings_ms["decode"] / 1e3)
     metrics.embed.observe(result.timings_ms["embed"] / 1e3)
     # Already a validated SearchResponse: serialise it once instead of letting FastAPI re-validate it.

@@ -1,0 +1,94 @@
+"""Export the recommender to ONNX next to the embedder in the Triton repository (`user_recommender/`).
+
+Graph: `items`, `channels`, `types` (int64, batch x length, left-padded, newest last) in; `user_vector`
+(batch x dim) and `scores` (batch x items+1, column 0 is padding) out. The manifest carries the product
+vocabulary, so the service maps product ids without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from api.personal import RecommenderManifest
+from training.recommender.train import load
+
+CONFIG_PBTXT = """# The shopper model (training/recommender): a shopper's event history in, a user vector and a score for
+# every product out. Served by Triton beside product_embedder; the API runs the same graph in-process.
+name: "user_recommender"
+backend: "onnxruntime"
+max_batch_size: 0
+input [
+  {{ name: "items", data_type: TYPE_INT64, dims: [ -1, -1 ] }},
+  {{ name: "channels", data_type: TYPE_INT64, dims: [ -1, -1 ] }},
+  {{ name: "types", data_type: TYPE_INT64, dims: [ -1, -1 ] }}
+]
+output [
+  {{ name: "user_vector", data_type: TYPE_FP32, dims: [ -1, {dim} ] }},
+  {{ name: "scores", data_type: TYPE_FP32, dims: [ -1, {items} ] }}
+]
+"""
+
+
+def export_recommender(checkpoint: Path, out_dir: Path, metrics: dict[str, float] | None = None, command: str = "") -> RecommenderManifest:
+    model, state = load(checkpoint)
+    if not state["vocabulary"]:
+        raise ValueError("this checkpoint was trained on a sequence file without product ids; train with --from-events "
+                         "(or on a vocabulary) to serve it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "1").mkdir(exist_ok=True)
+    length = min(5, model.max_len)
+    example = (torch.randint(1, model.num_items + 1, (2, length)), torch.ones(2, length, dtype=torch.long),
+               torch.ones(2, length, dtype=torch.long))
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir / "1")
+    os.close(fd)
+    try:
+        batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=1, max=model.max_len)
+        torch.onnx.export(
+            model, example, tmp, input_names=["items", "channels", "types"], output_names=["user_vector", "scores"],
+            dynamic_shapes={"items": {0: batch, 1: seq}, "channels": {0: batch, 1: seq}, "types": {0: batch, 1: seq}},
+            opset_version=18, dynamo=True, external_data=False,
+        )
+        parity = _parity(model, Path(tmp))
+        if parity < 0.9999:
+            raise RuntimeError(f"ONNX/torch score correlation {parity:.6f} < 0.9999")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_dir / "1" / "model.onnx")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    config = state["config"]
+    manifest = RecommenderManifest(
+        model_id=f"seesku-sequence-recommender-d{config['dim']}", vocabulary=state["vocabulary"], max_len=config["max_len"],
+        dim=config["dim"], metrics={**(metrics or {}), "parity_min_correlation": parity}, command=command, data=config["data"],
+    )
+    manifest.save(out_dir)
+    (out_dir / "config.pbtxt").write_text(CONFIG_PBTXT.format(dim=config["dim"], items=state["num_items"] + 1))
+    return manifest
+
+
+def _parity(model, onnx_path: Path) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 1.0
+    for length in (1, 3, model.max_len):
+        items = torch.randint(1, model.num_items + 1, (3, length))
+        items[0, : length // 2] = 0  # left padding
+        channels = torch.randint(1, 6, (3, length)) * (items != 0)
+        types = torch.randint(1, 5, (3, length)) * (items != 0)
+        with torch.no_grad():
+            expected = model(items, channels, types)[1].numpy()
+        got = session.run(["scores"], {"items": items.numpy(), "channels": channels.numpy(), "types": types.numpy()})[0]
+        for a, b in zip(expected, got):
+            worst = min(worst, float(np.corrcoef(a[1:], b[1:])[0, 1]))
+    return worst
+
+
+def manifest_metrics(eval_json: Path) -> dict[str, float]:
+    result = json.loads(eval_json.read_text())
+    return {f"{result['split']}_{k}": v for k, v in result["metrics"].items() if k != "users"}
