@@ -117,7 +117,7 @@ def export_onnx(
     """Export a product model to ONNX with its manifest (needs the train extras)."""
     queries = queries if queries and queries.exists() else None
     if checkpoint is not None:
-        _export_checkpoint(checkpoint, out, None, queries)
+        _export_checkpoint(checkpoint, out, queries)
         return
     try:
         from vision.export import export_pretrained

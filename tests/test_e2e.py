@@ -16,17 +16,21 @@ from tests.images import png_claiming
 pytestmark = pytest.mark.slow
 
 
-def test_sample_queries_find_their_product_in_top5(live_server):
+def test_sample_queries_find_their_product(live_server):
     base, _ = live_server
     rows = list(csv.DictReader(open(SAMPLES / "queries.csv")))
-    hits = 0
+    first = top5 = 0
     with httpx.Client(base_url=base, timeout=30) as client:
         for row in rows:
             resp = client.post("/v1/search", params={"k": 5}, files={"image": open(SAMPLES / row["image"], "rb")})
             assert resp.status_code == 200, resp.text
-            hits += row["product_id"] in [m["product_id"] for m in resp.json()["matches"]]
-    # measured with the pretrained (not fine-tuned) model: 9 of the 10 val photos
-    assert hits >= 9, f"{hits}/10 sample queries found their product in the top 5"
+            ids = [m["product_id"] for m in resp.json()["matches"]]
+            first += ids[0] == row["product_id"]
+            top5 += row["product_id"] in ids
+    # measured with the fine-tuned model (val photos, never trained on): 9 of 10 at rank 1. The miss is the
+    # Cantaloupe photo, taken for a Galia melon at 72 % (Cantaloupe is the model's weakest class on val).
+    assert first >= 9, f"{first}/10 sample queries found their product at rank 1"
+    assert top5 >= 9, f"{top5}/10 sample queries found their product in the top 5"
 
 
 def test_bad_input_does_not_hurt_the_server(live_server):

@@ -184,3 +184,15 @@ def test_resume_continues_from_the_checkpoint(tiny_folder, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tiny_folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(_config(tiny_folder, tmp_path / "none"), resume=True)
+
+
+def test_trained_checkpoint_exports_with_parity(tiny_folder, tmp_path):
+    from training.export import export_trained
+    from vision.manifest import ModelManifest
+
+    best = train(_config(tiny_folder, tmp_path / "run", epochs=1))
+    manifest = export_trained(best, tmp_path / "model", log=lambda m: None)
+    assert manifest.metrics["parity_min_cosine"] >= 0.9999
+    assert ModelManifest.load(tmp_path / "model").embedding_dim == 32 and (tmp_path / "model" / "1" / "model.onnx").exists()
+    assert manifest.fine_labels == load_photos(tiny_folder, "train").fine_labels and len(manifest.data_checksum) == 64
+    assert manifest.command.startswith("seesku train vision --data")

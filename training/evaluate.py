@@ -250,6 +250,9 @@ def write_report(out: Path, report: Path | None = None) -> Path:
     for r in results:
         worst = ", ".join(f"{w['class']} {_pct(w['accuracy'])} ({w['photos']})" for w in r["worst_classes"])
         lines.append(f"- {r['model']} on {r['split']}: {worst}; confusion matrix: [{r['confusion_png']}]({r['confusion_png']})")
+    notes = out / "notes" / path.name
+    if notes.exists():  # hand-written context (how the run went, what was left out), kept between renders
+        lines += ["", "## Notes", "", notes.read_text().strip()]
     lines += ["", f"Machine: {results[-1]['machine']}. Evaluated: "
               + ", ".join(f"{r['model']}/{r['split']} {r['evaluated_at']}" for r in results) + "."]
     path.write_text("\n".join(lines) + "\n")
