@@ -138,7 +138,8 @@ def tag(
     k: Annotated[int, typer.Option(min=0, max=20, help="closest catalogue products per photo")] = 3,
     batch: Annotated[int, typer.Option(min=1, max=256)] = 32,
     workers: Annotated[int, typer.Option(min=1, help="decode processes")] = 1,
-    duplicate_threshold: Annotated[float, typer.Option(min=0, max=1, help="cosine similarity for near-duplicates")] = 0.95,
+    duplicate_threshold: Annotated[float, typer.Option(min=0, max=1, help="embedding cosine for near-duplicates")] = 0.90,
+    layout_threshold: Annotated[float, typer.Option(min=-1, max=1, help="and layout (16x16 grey) correlation")] = 0.92,
     blur_threshold: Annotated[float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")] = 60.0,
 ) -> None:
     """Tag every photo: categories, closest catalogue products, near-duplicate groups, quality flags."""
@@ -160,7 +161,7 @@ def tag(
     from vision.runtimes import create_embedder
 
     embedder = service.embedder if service else create_embedder(settings.inference, settings.model_dir, settings.onnx_threads)
-    tagger = Tagger(embedder, matcher, TagOptions(k, batch, workers, duplicate_threshold, blur_threshold),
+    tagger = Tagger(embedder, matcher, TagOptions(k, batch, workers, duplicate_threshold, layout_threshold, blur_threshold),
                     Limits(settings.max_upload_bytes, settings.max_image_pixels))
     progress, update = _progress("tagging")
     try:

@@ -149,6 +149,7 @@ def main() -> None:
         "embedder_batch32_img_s_before_after": [round(before, 1), round(after, 1)],
         "tag_over_embedder": round(summary.tagged_now / wall / embed_rate, 3),
         "duplicate_threshold": options.duplicate_threshold,
+        "layout_threshold": options.layout_threshold,
         "duplicate_pairs_predicted": len(predicted),
         "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
         "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,

@@ -60,7 +60,7 @@ async def create_job(
     response: Response,
     jobs: Annotated[JobRunner, Depends(get_jobs)],
     k: Annotated[int, Query(ge=0, le=20, description="closest catalogue products per photo")] = 3,
-    duplicate_threshold: Annotated[float, Query(ge=0.5, le=1.0, description="cosine similarity for near-duplicates")] = 0.95,
+    duplicate_threshold: Annotated[float, Query(ge=0.5, le=1.0, description="embedding cosine for near-duplicates (and layout correlation >= 0.92)")] = 0.90,
 ) -> TaggingJob:
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     kinds = {"application/zip": "zip", "application/x-zip-compressed": "zip", "text/csv": "csv"}
