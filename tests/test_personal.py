@@ -185,3 +185,17 @@ def test_metrics_on_a_toy_case_with_known_answers():
     # validation: A's target 3 (history 2) is behind 5 and 4: rank 2; B's target 2 (history 4) behind 5, 3: rank 2
     v = evaluate(model, seqs, "val")
     assert v["hr@5"] == 1.0 and v["ndcg@5"] == pytest.approx(0.5)
+
+
+def test_train_from_the_service_events(sample_client, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    data_dir = sample_client.app.state.settings.data_dir  # the sample catalogue with the synthetic events
+    result = CliRunner().invoke(app, ["train", "recommender", "--from-events", "--out", str(tmp_path / "run"),
+                                      "--epochs", "2", "--batch", "64"], env={"SEESKU_DATA_DIR": str(data_dir)})
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    products = [p["product_id"] for p in sample_client.get("/v1/products", params={"limit": 100}).json()["items"]]
+    assert state["vocabulary"] == sorted(products) and state["config"]["exclude_history"] is False
