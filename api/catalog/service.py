@@ -333,7 +333,10 @@ class CatalogService:
                              k: int, category: str | None, weight: float) -> None:
         labels = self.manifest.fine_labels
         confident = [i for i in np.argsort(-fine_probs)[:3] if fine_probs[i] >= 0.05]
+        present = {m.product.fine_category for m in candidates.values()}
         for i in confident:
+            if labels[i] in present:  # its nearest products are already candidates: skip the extra search
+                continue
             for m in self.nearest_products(embedding, k, category, within=labels[i]):
                 candidates.setdefault(m.product.product_id, m)
         position = self._fine_position
