@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 
@@ -13,6 +14,7 @@ from api import errors
 from api.catalog.service import CatalogService
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import catalog_info, pages, products, search, tagging, users
+from api.security import KeyStore, SecurityHeadersMiddleware, TokenBuckets, authorise, is_loopback
 from api.settings import Settings, get_settings
 
 log = logging.getLogger("seesku")
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(app.state.jobs.stop)
             app.state.jobs.store.close()
             await run_in_threadpool(app.state.service.close)
+            app.state.keys.close()
 
     app = FastAPI(
         title="seesku",
@@ -76,12 +79,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.keys = KeyStore(settings.data_dir / "keys.sqlite3")
+    app.state.require_keys = settings.require_keys if settings.require_keys is not None else not is_loopback(settings.host)
+    app.state.rate_limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    if app.state.require_keys:
+        log.info("API keys required (create one with `seesku keys create`)")
+    else:
+        log.warning("API keys NOT required: listening on %s (loopback, the local demo); any other address requires them",
+                    settings.host)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Channel"])
     errors.install(app)
-    app.include_router(search.router)
-    app.include_router(products.router)
-    app.include_router(users.router)
-    app.include_router(tagging.router)
+    shopper, merchandiser = Depends(authorise("search")), Depends(authorise("search", "catalog:write"))
+    app.include_router(search.router, dependencies=[shopper])
+    app.include_router(products.router, dependencies=[merchandiser])
+    app.include_router(users.router, dependencies=[shopper])
+    app.include_router(tagging.router, dependencies=[Depends(authorise("catalog:write", "catalog:write"))])
     app.include_router(catalog_info.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB / "static"), name="static")

@@ -15,9 +15,10 @@ IMAGE_STATUS = {ImageTooLargeError: 413}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details=None):
+    def __init__(self, status: int, code: str, message: str, details=None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers
 
 
 def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
@@ -32,7 +33,7 @@ def image_status(exc: ImageError) -> int:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(ImageError)
     async def _image(_: Request, exc: ImageError):

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
     tagging_root: Path | None = Field(None, description="folder that CSV tagging jobs may read photos from; unset: CSV jobs refused")
     max_tagging_upload_bytes: int = Field(2 * 1024**3, gt=0, description="largest zip or CSV accepted by POST /v1/tagging/jobs")
+    require_keys: bool | None = Field(None, description="API keys required; unset: required unless listening on loopback")
+    rate_limit_per_s: float = Field(50.0, gt=0, description="requests per second per API key (per address without keys)")
+    rate_limit_burst: int = Field(100, gt=0, description="burst allowance of the rate limit")
+    cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser (JSON list)")
     load_samples: bool = Field(True, description="import the sample catalogue when the catalogue is empty")
     sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
     host: str = "127.0.0.1"

@@ -11,12 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.catalog.service import CatalogService
 from api.deps import get_metrics, get_service
 from api.metrics import Metrics
+from api.security import authorise
 from api.schemas import CategoryList, CoarseCategory, FineCategory, Health, ModelInfo, Readiness
 
 router = APIRouter()
 
 
-@router.get("/v1/categories", response_model=CategoryList, tags=["catalogue"])
+@router.get("/v1/categories", response_model=CategoryList, tags=["catalogue"], dependencies=[Depends(authorise("search"))])
 def categories(service: Annotated[CatalogService, Depends(get_service)]) -> CategoryList:
     fine = [FineCategory(name=f, coarse=c, products=n) for f, c, n in service.store.categories()]
     coarse: dict[str, int] = {}
@@ -59,7 +60,7 @@ def readyz(request: Request):
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response)
+@router.get("/metrics", tags=["operations"], response_class=Response, dependencies=[Depends(authorise("admin"))])
 def metrics(request: Request, metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
     service: CatalogService | None = getattr(request.app.state, "service", None)
     if service is not None and service.index is not None:
