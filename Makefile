@@ -38,6 +38,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/embed.py | tee bench/results/embed.json
 	$(BIN)/python bench/decode.py | tee bench/results/decode.json
 	$(BIN)/python bench/search_e2e.py | tee bench/results/search_e2e.json
+	$(BIN)/python bench/load.py | tee bench/results/load.json
 	$(BIN)/python bench/tagging.py | tee bench/results/tagging.json
 	$(BIN)/python bench/fusion.py | tee bench/results/fusion.json  # needs ../shared/data/grocery_store
 
