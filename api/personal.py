@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from api.catalog.store import Event
 
 MANIFEST = "manifest.json"
-CHANNELS = ["<pad>", "app", "web", "api", "kiosk", "batch"]  # as training.recommender.data
+# Channel and event-type ids of the shopper model's inputs (training reads them from here); 0 = padding.
+CHANNELS = ["<pad>", "app", "web", "api", "kiosk", "batch"]
 EVENT_TYPES = ["<pad>", "view", "cart", "purchase", "search_click"]
 
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from PIL import Image
 
+from training.checkpoints import save_atomically
 from training.data import PhotoSet, load_photos
 from vision.backbones import REGISTRY
 from vision.model import ProductModel
@@ -240,12 +241,6 @@ def validation_metrics(model: ProductModel, val_pixels: np.ndarray, val_fine: np
 
 
 # ---------------------------------------------------------------------------------------------- loop
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     """Train; returns the path of the best checkpoint. `ui` is a training.progress.TrainProgress or None."""
     out = Path(config.out)
@@ -343,8 +338,8 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         improved = score > best
         if improved:
             best = score
-            _atomic_save({"model": model.state_dict(), **meta, "epoch": epoch, "history": history}, out / "best.pt")
-        _atomic_save({
+            save_atomically({"model": model.state_dict(), **meta, "epoch": epoch, "history": history}, out / "best.pt")
+        save_atomically({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best": best, "history": history, **meta,
         }, last)

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Channels and event types as the API stores them; index 0 is padding/unknown.
-CHANNELS = ["<pad>", "app", "web", "api", "kiosk", "batch"]
-EVENT_TYPES = ["<pad>", "view", "cart", "purchase", "search_click"]
+from api.personal import CHANNELS, EVENT_TYPES  # the ids the served model reads; index 0 is padding/unknown
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.checkpoints import save_atomically
 from training.recommender.data import Sequences, left_pad
 from training.recommender.model import SequenceRecommender
 
@@ -131,12 +132,6 @@ def evaluate(model: SequenceRecommender, seqs: Sequences, split: str, batch: int
     return out
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def build(config: RecommenderConfig, num_items: int) -> SequenceRecommender:
     return SequenceRecommender(num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout)
 
@@ -186,12 +181,12 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
             record.update({f"val_{k}": v for k, v in val.items() if k != "users"})
             if record["val_ndcg@10"] > best:
                 best, stale = record["val_ndcg@10"], 0
-                _atomic_save({"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]}, out / "best.pt")
+                save_atomically({"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]}, out / "best.pt")
             else:
                 stale += 1
         history.append(record)
         log(json.dumps(record))
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta, "epoch": epoch,
+        save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta, "epoch": epoch,
                       "best": best, "stale": stale, "history": history}, last)
         if stale >= config.patience:
             log(f"early stop: validation NDCG@10 has not improved for {stale} evaluations")
