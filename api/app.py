@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.catalog.service import CatalogService
+from api.logs import RequestLogMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import catalog_info, pages, products, search, tagging, users
 from api.security import KeyStore, SecurityHeadersMiddleware, TokenBuckets, authorise, is_loopback
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.host)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestLogMiddleware)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Channel"])

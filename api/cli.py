@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,11 +53,20 @@ def serve(
     """Run the HTTP service."""
     import uvicorn
 
+    from api.logs import configure_logging
+
+    # The app factory reads its settings from the environment: pass --host/--port on, so that keys are
+    # required when the server really listens beyond loopback, whichever way the address was given.
+    if host:
+        os.environ["SEESKU_HOST"] = host
+    if port:
+        os.environ["SEESKU_PORT"] = str(port)
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
+    # seesku's own access log (JSON, request ids, no query strings or secrets) replaces uvicorn's.
     uvicorn.run(
         "api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-        workers=workers, log_level="info",
+        workers=workers, log_level="info", log_config=None, access_log=False,
     )
 
 

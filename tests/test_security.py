@@ -105,3 +105,70 @@ def test_keys_cli(tmp_path):
     assert runner.invoke(cli, ["keys", "revoke", key_id], env=env).exit_code == 0
     assert "revoked" in runner.invoke(cli, ["keys", "list"], env=env).stdout
     assert runner.invoke(cli, ["keys", "create", "--name", "x", "--scope", "root"], env=env).exit_code == 2
+
+
+def test_access_log_is_json_with_request_id_and_no_secret(secured, caplog):
+    import json
+    import logging
+
+    from api.logs import JsonFormatter
+
+    client, keys = secured
+    with caplog.at_level(logging.INFO, logger="seesku.access"):
+        resp = client.get(f"/v1/categories?api_key={keys['kiosk']}", headers={**auth(keys["kiosk"]), "X-Request-ID": "req-123"})
+        other = client.get("/healthz")
+    assert resp.headers["x-request-id"] == "req-123" and len(other.headers["x-request-id"]) == 32
+    lines = [JsonFormatter().format(r) for r in caplog.records if r.name == "seesku.access"]
+    entries = [json.loads(line) for line in lines]
+    first = next(e for e in entries if e["request_id"] == "req-123")
+    assert first["path"] == "/v1/categories" and first["status"] == 200 and first["key_id"] == keys["kiosk"].split("_")[1]
+    secret = keys["kiosk"].split("_", 2)[2]
+    assert all(secret not in line for line in lines)
+
+
+def test_redaction_of_keys_in_any_log_message():
+    import logging
+
+    from api.logs import JsonFormatter
+
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "bad key %s", ("sk_abc123_SuperSecret-Value_9",), None)
+    line = JsonFormatter().format(record)
+    assert "SuperSecret" not in line and "sk_abc123_***" in line
+
+
+def test_serve_host_flag_turns_keys_on(tmp_path):
+    """`seesku serve --host 0.0.0.0` must require keys even when SEESKU_HOST says loopback."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from api.settings import REPO_ROOT
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false", "SEESKU_HOST": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/products").status_code == 401
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0].decode()
+    first = next(line for line in output.splitlines() if line.startswith("{"))
+    assert json_line(first)["level"] in ("info", "warning")
+
+
+def json_line(line: str) -> dict:
+    import json
+
+    return json.loads(line)
