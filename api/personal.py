@@ -20,6 +20,13 @@ CHANNELS = ["<pad>", "app", "web", "api", "kiosk", "batch"]
 EVENT_TYPES = ["<pad>", "view", "cart", "purchase", "search_click"]
 
 
+def softmax_shares(logits: list[float]) -> list[float]:
+    """The shopper model's logits as shares summing to 1 (of the candidates, or of the catalogue)."""
+    values = np.asarray(logits, dtype=np.float64)
+    shares = np.exp(values - values.max())
+    return (shares / shares.sum()).tolist()
+
+
 class RecommenderManifest(BaseModel):
     model_id: str
     version: str = "1"

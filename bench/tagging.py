@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import MODEL_DIR, ROOT, emit, median_ms
+from common import ROOT, emit, median_ms
 from PIL import Image, ImageEnhance
 
 from vision.preprocess import load_image

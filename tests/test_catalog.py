@@ -9,7 +9,6 @@ from api.catalog.index import FaissIndex
 from api.catalog.service import CatalogService, Photo, PhotoError
 from api.catalog.store import Product
 from tests.conftest import SAMPLES, make_settings
-from tests.images import encode, noise
 
 PHOTOS = sorted((SAMPLES / "catalog").glob("*.jpg"))
 

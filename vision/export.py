@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.metrics import topk_accuracy
 from vision.backbones import REGISTRY
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, InputConfig, ModelManifest
 from vision.model import ProductModel
@@ -113,11 +114,6 @@ def parity(model: ProductModel, onnx_path: Path, pixels: np.ndarray) -> dict[str
         "parity_max_abs_coarse_prob": float(np.abs(ort_coarse - t_coarse).max()),
         "parity_samples": float(len(pixels)),
     }
-
-
-def topk_accuracy(probs: np.ndarray, targets: np.ndarray, k: int) -> float:
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float((top == targets[:, None]).any(axis=1).mean())
 
 
 def export_pretrained(

@@ -24,7 +24,7 @@ from PIL import Image
 
 from api.catalog.index import FaissIndex
 from api.catalog.store import CatalogStore, Event, ImageRecord, NewImage, NotFound, Product
-from api.personal import PersonalModel
+from api.personal import PersonalModel, softmax_shares
 from api.settings import Settings
 from vision.preprocess import (
     ImageError, Limits, decode_opened, load_image, open_image, thumbnail, to_model_input,
@@ -320,12 +320,9 @@ class CatalogService:
         known = [pid for pid in candidates if pid in personal]
         if not known:
             return
-        logits = np.array([personal[pid] for pid in known])
-        share = np.exp(logits - logits.max())
-        share /= share.sum()
         for m in candidates.values():
             m.personal_score = 0.0
-        for pid, p in zip(known, share.tolist()):
+        for pid, p in zip(known, softmax_shares([personal[pid] for pid in known])):
             candidates[pid].personal_score = p
             candidates[pid].score += weight * p
 

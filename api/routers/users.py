@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
@@ -13,6 +12,7 @@ from api.catalog.service import CatalogService
 from api.catalog.store import Event
 from api.deps import get_service
 from api.errors import ApiError
+from api.personal import softmax_shares
 from api.routers.products import image_urls
 from api.schemas import (
     USER_ID_PATTERN, CategoryRef, ErrorResponse, EventBatch, EventsAccepted, HistoryEvent, Recommendation,
@@ -62,10 +62,8 @@ def _recommend(service: CatalogService, user_id: str, k: int) -> Recommendations
     scores = service.personal_scores(user_id) or {}
     scored = [(pid, s) for pid, s in scores.items() if pid in products]
     if scored:
-        logits = np.array([s for _, s in scored])
-        share = np.exp(logits - logits.max())
-        share /= share.sum()
-        ranked = sorted(zip([pid for pid, _ in scored], share.tolist()), key=lambda r: -r[1])[:k]
+        shares = softmax_shares([s for _, s in scored])
+        ranked = sorted(zip([pid for pid, _ in scored], shares), key=lambda r: -r[1])[:k]
         source, model = "model", f"{service.personal.manifest.model_id}:{service.personal.manifest.version}"
     else:
         popular = service.store.popular_products(k)

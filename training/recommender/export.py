@@ -7,7 +7,6 @@ vocabulary, so the service maps product ids without torch.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -88,7 +87,3 @@ def _parity(model, onnx_path: Path) -> float:
             worst = min(worst, float(np.corrcoef(a[1:], b[1:])[0, 1]))
     return worst
 
-
-def manifest_metrics(eval_json: Path) -> dict[str, float]:
-    result = json.loads(eval_json.read_text())
-    return {f"{result['split']}_{k}": v for k, v in result["metrics"].items() if k != "users"}

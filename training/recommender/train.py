@@ -17,7 +17,6 @@ negatives); items already in the input history are excluded, as in the S3-Rec ev
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
