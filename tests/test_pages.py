@@ -69,7 +69,9 @@ def test_merchandiser_page_runs_a_job_and_downloads_results(live_server, browser
     page.get_by_role("button", name="Start tagging").click()
     page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('done')", timeout=120_000)
     assert "7 of 7 photos tagged" in page.locator("#status").inner_text()
+    # "done" shows before the page has fetched the duplicate groups: wait for them to be drawn
     group = page.get_by_role("group", name="Duplicate group 1: 2 photos")
+    group.locator("img").nth(1).wait_for(timeout=30_000)
     assert group.locator("img").count() == 2
     page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     screenshot(page, "merchandiser.png")
