@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast bench export-onnx clean
+.PHONY: run test test-fast triton bench export-onnx clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,20 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 
 # Tests, training and export: torch, timm and the offline pretrained weights too.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[train,dev]'
+	$(PIP) -e '.[train,dev,triton]'
 	touch $@ $(VENV)/.serve
+
+# A real Triton server on CPU: the tritonserver binary of the nvidia-pytriton wheel (without its deps: it
+# pins numpy<2), and the packages its python backend stub imports, apart from ours: the stub is built
+# against numpy 1. `seesku triton serve` and the tests use both.
+$(VENV)/.triton: | $(BIN)/python
+	$(PIP) --no-deps nvidia-pytriton==0.7.0
+	$(PIP) --target $(VENV)/triton-stub 'numpy<2' 'onnxruntime~=1.32.0' pillow pillow-heif pydantic 2>&1 | grep -v "requires\|incompatible" || true
+	test -d $(VENV)/triton-stub/numpy
+	touch $@
+
+triton: $(VENV)/.dev $(VENV)/.triton
+	$(BIN)/seesku triton serve
 
 # The page tests drive Debian's chromium through Playwright (Playwright's own browser download is not used).
 $(VENV)/.browser: | $(BIN)/python
@@ -27,20 +39,21 @@ $(VENV)/.browser: | $(BIN)/python
 run: $(VENV)/.serve
 	$(BIN)/seesku serve
 
-test: $(VENV)/.dev $(VENV)/.browser
+test: $(VENV)/.dev $(VENV)/.browser $(VENV)/.triton
 	$(BIN)/python -m pytest -q
 
 # Everything but the tests marked slow.
-test-fast: $(VENV)/.dev
+test-fast: $(VENV)/.dev $(VENV)/.triton
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev $(VENV)/.triton
 	$(BIN)/python bench/embed.py | tee bench/results/embed.json
 	$(BIN)/python bench/decode.py | tee bench/results/decode.json
 	$(BIN)/python bench/search_e2e.py | tee bench/results/search_e2e.json
 	$(BIN)/python bench/load.py | tee bench/results/load.json
 	$(BIN)/python bench/tagging.py | tee bench/results/tagging.json
 	$(BIN)/python bench/fusion.py | tee bench/results/fusion.json  # needs ../shared/data/grocery_store
+	$(BIN)/python bench/triton.py | tee bench/results/triton.json
 
 export-onnx: $(VENV)/.dev
 	$(BIN)/seesku export-onnx

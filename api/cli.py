@@ -21,6 +21,8 @@ train_app = typer.Typer(help="Train models (needs the train extras: make test in
 app.add_typer(train_app, name="train")
 keys_app = typer.Typer(help="API keys (hashed at rest) with scopes: search, catalog:write, admin.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+triton_app = typer.Typer(help="A local Triton Inference Server on CPU (needs `make triton`).", no_args_is_help=True)
+app.add_typer(triton_app, name="triton")
 eval_app = typer.Typer(help="Evaluate models (needs the train extras: make test installs them).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -169,9 +171,9 @@ def tag(
     if service is not None and service.store.count_products():
         matcher = lambda emb, probs, n: [(m.product.product_id, m.score) for m in service.rank(emb, probs, n)]  # noqa: E731
     from vision.preprocess import Limits
-    from vision.runtimes import create_embedder
+    from api.catalog.service import create_service_embedder
 
-    embedder = service.embedder if service else create_embedder(settings.inference, settings.model_dir, settings.onnx_threads)
+    embedder = service.embedder if service else create_service_embedder(settings)
     tagger = Tagger(embedder, matcher, TagOptions(k, batch, workers, duplicate_threshold, layout_threshold, blur_threshold),
                     Limits(settings.max_upload_bytes, settings.max_image_pixels))
     progress, update = _progress("tagging")
@@ -411,6 +413,41 @@ def eval_recommender(
     else:
         for key, value in metrics.items():
             typer.echo(f"{key:10s} {value:.4f}")
+
+
+@triton_app.command("serve")
+def triton_serve(
+    grpc_port: Annotated[int, typer.Option(help="gRPC port: point the API at it with SEESKU_INFERENCE=triton://HOST:PORT")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port (health, metadata)")] = 8002,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port")] = 8003,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    model_dir: Annotated[Optional[Path], typer.Option(help="exported embedder (manifest.json + graph); the shipped one by default")] = None,
+    workdir: Annotated[Path, typer.Option(help="where the prepared model repository and backends go")] = Path("data/triton"),
+) -> None:
+    """Start the real `tritonserver` (python backend, CPU) with the model repository prepared for it."""
+    import signal
+
+    from triton_models.server import TritonNotInstalled, TritonServer
+
+    console = Console(stderr=True)
+    server = TritonServer(workdir.resolve(), grpc_port, http_port, metrics_port, model_dir, host=host, inherit_output=True)
+    try:
+        server.prepare()
+        console.print(f"starting tritonserver: models in {workdir / 'models'}", soft_wrap=True)
+        server.start()
+    except (TritonNotInstalled, RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]Triton ready[/green]: gRPC {server.grpc_url}, HTTP {host}:{http_port}", soft_wrap=True)
+    console.print(f"run the API on it: SEESKU_INFERENCE={server.inference_setting} seesku serve", soft_wrap=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    try:
+        code = server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+        code = 0
+    # Stopped by us (SIGTERM passed on) is a clean exit; anything else is the server's own failure.
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM) else code)
 
 
 def main() -> None:  # console-script entry point

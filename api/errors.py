@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.catalog.service import PhotoError, UnknownCategory
 from api.catalog.store import AlreadyExists, NotFound
 from vision.preprocess import ImageError, ImageTooLargeError
+from vision.runtimes import EmbedderUnavailable
 
 IMAGE_STATUS = {ImageTooLargeError: 413}
 
@@ -44,6 +45,12 @@ def install(app: FastAPI) -> None:
         return error_response(
             image_status(exc.error), exc.error.code, str(exc), {"photo": exc.position, "filename": exc.name}
         )
+
+    @app.exception_handler(EmbedderUnavailable)
+    async def _inference(_: Request, exc: EmbedderUnavailable):
+        # Nothing was written: catalogue writes embed before they touch the store.
+        return error_response(503, "inference_unavailable", f"the model server cannot answer now: {exc}",
+                              headers={"Retry-After": "1"})
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound):

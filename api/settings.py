@@ -17,7 +17,14 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("data"), description="catalogue database, photos and vector index")
     model_dir: Path = Field(REPO_ROOT / "triton_models" / "product_embedder", description="ONNX graph + manifest")
-    inference: Literal["onnx"] = Field("onnx", description="embedder runtime: in-process ONNX Runtime")
+    inference: str = Field(
+        "onnx", pattern=r"^(onnx|triton://[^/:]+:\d+)$",
+        description="embedder runtime: `onnx` (in-process ONNX Runtime) or `triton://HOST:GRPC_PORT`",
+    )
+    triton_model: str = Field("product_embedder", description="Triton model to call (product_embedder_trt: TensorRT)")
+    triton_timeout_s: float = Field(5.0, gt=0, description="deadline of one Triton call")
+    inference_startup_wait_s: float = Field(60.0, ge=0, description="how long start-up waits for a remote embedder")
+    triton_retries: int = Field(2, ge=0, le=10, description="retries of a Triton call that failed for want of the server")
     index: Literal["faiss"] = Field("faiss", description="vector index: FAISS, files under the data dir")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")

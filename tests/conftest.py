@@ -47,6 +47,18 @@ def empty_client(tmp_path):
         yield client
 
 
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory):
+    """The real `tritonserver` binary (CPU, python backend) on free loopback ports, models ready."""
+    from triton_models.server import TritonServer
+
+    workdir = tmp_path_factory.mktemp("triton")
+    server = TritonServer(workdir, free_port(), free_port(), free_port(), log_file=workdir / "triton.log")
+    server.start()
+    yield server
+    server.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ from api.settings import Settings
 from vision.preprocess import (
     ImageError, Limits, decode_opened, load_image, open_image, thumbnail, to_model_input,
 )
-from vision.runtimes import Embedder, create_embedder
+from vision.runtimes import Embedder, EmbedderUnavailable, create_embedder
 
 log = logging.getLogger("seesku.catalog")
 EMBED_BATCH = 16
@@ -99,10 +99,18 @@ class PhotoFiles:
         self.path(sha256).unlink(missing_ok=True)
 
 
+def create_service_embedder(settings: Settings) -> Embedder:
+    """The embedder that SEESKU_INFERENCE names, with its settings."""
+    return create_embedder(
+        settings.inference, settings.model_dir, settings.onnx_threads, settings.triton_model,
+        settings.triton_timeout_s, settings.triton_retries,
+    )
+
+
 class CatalogService:
     def __init__(self, settings: Settings, embedder: Embedder | None = None):
         self.settings = settings
-        self.embedder = embedder or create_embedder(settings.inference, settings.model_dir, settings.onnx_threads)
+        self.embedder = embedder or create_service_embedder(settings)
         self.manifest = self.embedder.manifest
         self.model_id = f"{self.manifest.model_id}:{self.manifest.version}"
         self.spec = self.manifest.input.spec()
@@ -121,7 +129,7 @@ class CatalogService:
     # -- start-up -----------------------------------------------------------------------------
     def open(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Load the model, bring stored embeddings up to the served model, load or rebuild the index."""
-        self.embedder.load()
+        self._load_embedder()
         self._reembed_stale(progress)
         dim = self.manifest.embedding_dim
         index = FaissIndex.load(self.index_path, self.model_id, dim, self.settings.hnsw_threshold)
@@ -134,6 +142,20 @@ class CatalogService:
             index.save(self.index_path, self.model_id)
         self.index = index
         self._last_save = time.monotonic()
+
+    def _load_embedder(self) -> None:
+        # A remote inference server may still be starting (containers come up in any order): wait for it a
+        # while, then fail with its reason rather than serve a catalogue that cannot be searched.
+        deadline = time.monotonic() + self.settings.inference_startup_wait_s
+        while True:
+            try:
+                self.embedder.load()
+                return
+            except EmbedderUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("waiting for the embedder: %s", exc)
+                time.sleep(1.0)
 
     def _reembed_stale(self, progress) -> None:
         stale = self.store.stale_images(self.model_id)
@@ -151,10 +173,15 @@ class CatalogService:
         if self.index is not None:
             self.index.save(self.index_path, self.model_id)
         self.store.close()
+        close_embedder = getattr(self.embedder, "close", None)
+        if close_embedder:
+            close_embedder()
 
     @property
     def ready(self) -> bool:
-        return self.embedder.loaded and self.index is not None
+        """Started: open() loaded the model, then the index. A remote embedder that goes away later is
+        reported per call (503 inference_unavailable) and by /readyz, not here."""
+        return self.index is not None
 
     # -- photos -------------------------------------------------------------------------------
     def prepare(self, photos: Sequence[Photo]) -> list[tuple[NewImage, bytes]]:

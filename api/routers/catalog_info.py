@@ -48,9 +48,10 @@ def readyz(request: Request):
             model=ModelInfo(id="", version=""), reason=startup_error or "starting",
         )
         return JSONResponse(body.model_dump(), status_code=503)
-    model_loaded, index_loaded = service.embedder.loaded, service.index is not None
+    embedder_problem = service.embedder.health()
+    model_loaded, index_loaded = embedder_problem is None, service.index is not None
     reason = None if model_loaded and index_loaded else (
-        startup_error or ("model not loaded" if not model_loaded else "vector index not loaded")
+        startup_error or embedder_problem or "vector index not loaded"
     )
     body = Readiness(
         ready=reason is None, model_loaded=model_loaded, index_loaded=index_loaded,

@@ -22,6 +22,10 @@ class EmbedderOutput:
     coarse_probs: np.ndarray  # (N, len(manifest.coarse_labels))
 
 
+class EmbedderUnavailable(RuntimeError):
+    """The runtime cannot answer now (a remote inference server down or too slow); worth retrying later."""
+
+
 class Embedder(Protocol):
     manifest: ModelManifest
 
@@ -31,13 +35,23 @@ class Embedder(Protocol):
     @property
     def loaded(self) -> bool: ...
 
+    def health(self) -> str | None:
+        """None when the embedder can answer, else why not (for /readyz)."""
+
     def embed(self, pixels: np.ndarray) -> EmbedderOutput:
         """pixels: uint8 (N, H, W, 3) as produced by vision.preprocess.load_image."""
 
 
-def create_embedder(inference: str, model_dir: str | Path, threads: int = 0) -> Embedder:
+def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, triton_model: str = "product_embedder",
+                    timeout_s: float = 5.0, retries: int = 2) -> Embedder:
+    """inference: 'onnx' (in-process) or 'triton://host:grpc_port'; model_dir holds the manifest (and, for
+    'onnx', the graph). threads applies to ONNX Runtime; the rest to Triton."""
     if inference == "onnx":
         from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
         return OnnxRuntimeEmbedder(model_dir, threads=threads)
-    raise ValueError(f"unknown inference runtime {inference!r}; supported: 'onnx'")
+    if inference.startswith("triton://"):
+        from vision.runtimes.triton import TritonEmbedder
+
+        return TritonEmbedder(inference, model_dir, triton_model, timeout_s=timeout_s, retries=retries)
+    raise ValueError(f"unknown inference runtime {inference!r}; supported: 'onnx', 'triton://HOST:PORT'")

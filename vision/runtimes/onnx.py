@@ -23,6 +23,9 @@ class OnnxRuntimeEmbedder:
     def loaded(self) -> bool:
         return self._session is not None
 
+    def health(self) -> str | None:
+        return None if self.loaded else "model not loaded"
+
     def load(self) -> None:
         # Lazy and thread-safe: concurrent first requests build one session, not several.
         with self._lock:

@@ -1,0 +1,185 @@
+"""The embedder on a Triton Inference Server (`SEESKU_INFERENCE=triton://host:8001`).
+
+Async gRPC through tritonclient on one event loop of its own: the service's worker threads call the plain
+`embed` and wait, while every in-flight request shares one HTTP/2 channel, so concurrent uploads reach
+Triton together and its dynamic batcher can merge them. Photos cross the wire as uint8 (the graph
+normalises), each call has a deadline, and a failed call is retried a bounded number of times before the
+caller gets `EmbedderUnavailable` (the API answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
+from vision.runtimes import EmbedderOutput, EmbedderUnavailable
+
+# gRPC codes worth another try: the server restarting, a dropped connection, a full queue, a late answer.
+RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED"}
+HEALTH_CACHE_S = 1.0
+
+
+def parse_url(inference: str) -> str:
+    """'triton://host:8001' -> 'host:8001'."""
+    address = inference.removeprefix("triton://").rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected triton://HOST:GRPC_PORT, got {inference!r}")
+    return address
+
+
+class TritonEmbedder:
+    def __init__(self, url: str, model_dir: str | Path, model_name: str = "product_embedder",
+                 timeout_s: float = 5.0, retries: int = 2):
+        self.url = parse_url(url)
+        self.manifest = ModelManifest.load(model_dir)
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.max_batch = 64  # replaced by the model's own max_batch_size on load
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="triton-grpc", daemon=True)
+        self._thread.start()
+        self._client = None
+        self._lock = threading.Lock()
+        self._checked = False  # the served model's shapes were compared with the manifest
+        self._health: tuple[float, str | None] = (0.0, "not connected to Triton yet")
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _run(self, coroutine, timeout_s: float):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    async def _get_client(self):
+        if self._client is None:
+            from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+            from tritonclient.grpc.aio import InferenceServerClient
+
+            self._client = InferenceServerClient(self.url, channel_args=[
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                # After Triton restarts, reconnect within a second or so, not gRPC's default of up to 2 min.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ])
+        return self._client
+
+    # -- the Embedder protocol ----------------------------------------------------------------
+    def load(self) -> None:
+        """Connect and check that the served model is the one the manifest describes.
+
+        Raises EmbedderUnavailable while Triton is unreachable (the caller may start anyway and report
+        not-ready); raises ValueError when Triton serves a model with other shapes."""
+        with self._lock:
+            if not self._checked:
+                self._run(self._check(), self.timeout_s * 2)
+                self._checked = True
+
+    async def _check(self) -> None:
+        client = await self._get_client()
+        try:
+            if not await client.is_model_ready(self.model_name, client_timeout=self.timeout_s):
+                raise EmbedderUnavailable(f"Triton at {self.url} has no ready model {self.model_name!r}")
+            config = (await client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s))["config"]
+        except EmbedderUnavailable:
+            raise
+        except Exception as exc:  # connection refused, deadline: tritonclient wraps them all
+            raise EmbedderUnavailable(f"Triton at {self.url} unreachable: {_message(exc)}") from None
+        self.max_batch = int(config.get("max_batch_size", 0)) or self.max_batch
+        want = {
+            "embedding": self.manifest.embedding_dim,
+            "fine_probs": len(self.manifest.fine_labels),
+            "coarse_probs": len(self.manifest.coarse_labels),
+        }
+        served = {o["name"]: int(o["dims"][-1]) for o in config.get("output", [])}
+        if any(served.get(name) != size for name, size in want.items()):
+            raise ValueError(f"Triton model {self.model_name!r} outputs {served}, the manifest expects {want}")
+
+    @property
+    def loaded(self) -> bool:
+        return self.health() is None
+
+    def health(self) -> str | None:
+        """None when Triton answers and the model is ready, else why not (cached for a second)."""
+        checked_at, reason = self._health
+        if time.monotonic() - checked_at < HEALTH_CACHE_S:
+            return reason
+        try:
+            if self._checked:
+                self._run(self._ready(), self.timeout_s + 1)
+            else:
+                self.load()
+            reason = None
+        except (EmbedderUnavailable, ValueError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # a wedged loop or a timeout waiting for it
+            reason = f"Triton at {self.url}: {_message(exc)}"
+        self._health = (time.monotonic(), reason)
+        return reason
+
+    async def _ready(self) -> None:
+        client = await self._get_client()
+        try:
+            ready = await client.is_model_ready(self.model_name, client_timeout=min(self.timeout_s, 1.0))
+        except Exception as exc:
+            raise EmbedderUnavailable(f"Triton at {self.url} unreachable: {_message(exc)}") from None
+        if not ready:
+            raise EmbedderUnavailable(f"Triton at {self.url} has no ready model {self.model_name!r}")
+
+    def embed(self, pixels: np.ndarray) -> EmbedderOutput:
+        size = self.manifest.input.size
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
+        if not self._checked:
+            self.load()
+        # Each chunk has its own deadline and retries; the wait here covers them all with some slack.
+        chunks = [pixels[i : i + self.max_batch] for i in range(0, len(pixels), self.max_batch)]
+        wait_s = len(chunks) * (self.retries + 1) * (self.timeout_s + 0.5) + 1
+        parts = self._run(self._infer_all(chunks), wait_s)
+        return EmbedderOutput(*(np.concatenate([p[i] for p in parts]) for i in range(len(OUTPUT_NAMES))))
+
+    async def _infer_all(self, chunks: list[np.ndarray]) -> list[list[np.ndarray]]:
+        return await asyncio.gather(*(self._infer(c) for c in chunks))
+
+    async def _infer(self, pixels: np.ndarray) -> list[np.ndarray]:
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.utils import InferenceServerException
+
+        client = await self._get_client()
+        tensor = InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(np.ascontiguousarray(pixels))
+        outputs = [InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        for attempt in range(self.retries + 1):
+            try:
+                result = await client.infer(self.model_name, [tensor], outputs=outputs, client_timeout=self.timeout_s)
+                self._health = (time.monotonic(), None)
+                return [result.as_numpy(name) for name in OUTPUT_NAMES]
+            except InferenceServerException as exc:
+                if exc.status() not in RETRYABLE or attempt == self.retries:
+                    reason = f"Triton at {self.url} failed: {_message(exc)}"
+                    if exc.status() in RETRYABLE:
+                        self._health = (time.monotonic(), reason)
+                        raise EmbedderUnavailable(reason) from None
+                    raise RuntimeError(reason) from None
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._run(self._client.close(), 5)
+            except Exception:
+                pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def _message(exc: BaseException) -> str:
+    text = getattr(exc, "message", None)
+    text = text() if callable(text) else text
+    return (text or str(exc) or type(exc).__name__).splitlines()[0][:300]
