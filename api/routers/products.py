@@ -21,6 +21,8 @@ from api.uploads import check_content_length, read_capped
 router = APIRouter(prefix="/v1/products", tags=["products"])
 Service = Annotated[CatalogService, Depends(get_service)]
 ProductId = Annotated[str, Path(pattern=PRODUCT_ID_PATTERN, description="e.g. Granny-Smith")]
+# SQLite row ids: a larger number can name no photo (and would overflow the query's integer).
+ImageId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 
@@ -139,20 +141,20 @@ def list_images(product_id: ProductId, service: Service) -> list[ImageOut]:
 
 
 @router.get("/{product_id}/images/{image_id}", response_class=Response, responses=ERRORS)
-def get_image(product_id: ProductId, image_id: int, service: Service) -> Response:
+def get_image(product_id: ProductId, image_id: ImageId, service: Service) -> Response:
     record, data = service.photo_bytes(product_id, image_id)
     return Response(data, media_type=record.content_type, headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/{product_id}/images/{image_id}/thumbnail", response_class=Response, responses=ERRORS)
 def get_thumbnail(
-    product_id: ProductId, image_id: int, service: Service, size: Annotated[int, Query(ge=32, le=1024)] = 256
+    product_id: ProductId, image_id: ImageId, service: Service, size: Annotated[int, Query(ge=32, le=1024)] = 256
 ) -> Response:
     data = service.photo_thumbnail(product_id, image_id, size)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.delete("/{product_id}/images/{image_id}", status_code=204, responses=ERRORS)
-def delete_image(product_id: ProductId, image_id: int, service: Service) -> Response:
+def delete_image(product_id: ProductId, image_id: ImageId, service: Service) -> Response:
     service.delete_photo(product_id, image_id)
     return Response(status_code=204)
