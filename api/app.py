@@ -17,6 +17,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.routers import catalog_info, pages, products, search, tagging, users
 from api.security import KeyStore, SecurityHeadersMiddleware, TokenBuckets, authorise, is_loopback
 from api.settings import Settings, get_settings
+from api.timeouts import TimeoutMiddleware
 
 log = logging.getLogger("seesku")
 
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         log.warning("API keys NOT required: listening on %s (loopback, the local demo); any other address requires them",
                     settings.host)
+    app.add_middleware(TimeoutMiddleware, body_idle_timeout_s=settings.body_idle_timeout_s,
+                       request_timeout_s=settings.request_timeout_s)  # innermost: its 408/504 are logged and counted
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestLogMiddleware)

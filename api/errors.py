@@ -77,7 +77,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 503: "unavailable"}
+        codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large", 503: "unavailable"}
         return error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
         )

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(50.0, gt=0, description="requests per second per API key (per address without keys)")
     rate_limit_burst: int = Field(100, gt=0, description="burst allowance of the rate limit")
     cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser (JSON list)")
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="longest pause in a request body before 408")
+    request_timeout_s: float = Field(60.0, gt=0, description="longest wait for a response after the body before 504")
     load_samples: bool = Field(True, description="import the sample catalogue when the catalogue is empty")
     sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
     host: str = "127.0.0.1"
