@@ -28,7 +28,7 @@ UPLOAD_BODY = {
 }
 
 
-def get_jobs(request: Request) -> JobRunner:
+async def get_jobs(request: Request) -> JobRunner:
     jobs = getattr(request.app.state, "jobs", None)
     if jobs is None:
         raise ApiError(503, "not_ready", "the tagging service is still starting; retry shortly")
