@@ -65,31 +65,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory):
-    """The real service: `seesku serve` in a subprocess with the sample catalogue, on a free port."""
+def start_serve(env: dict[str, str], *args: str, stdout=subprocess.DEVNULL) -> tuple[str, subprocess.Popen]:
+    """`seesku serve` in a subprocess on a free port, with `env` over this environment; returns the base URL
+    and the process once /readyz answers 200 (fails the test with the server's exit code otherwise)."""
     port = free_port()
-    env = {**os.environ, "SEESKU_DATA_DIR": str(tmp_path_factory.mktemp("live-data")), "SEESKU_ONNX_THREADS": "2"}
-    log = open(tmp_path_factory.mktemp("live-log") / "server.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
-        stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), *args], cwd=REPO_ROOT,
+        env={**os.environ, **env}, stdout=stdout, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
+            pytest.fail(f"server exited with {proc.returncode}" + (f"; log: {stdout.name}" if hasattr(stdout, "name") else ""))
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
+                return base, proc
         except httpx.HTTPError:
             pass
-        time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready in 120 s")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("server did not become ready in 120 s")
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """The real service: `seesku serve` in a subprocess with the sample catalogue, on a free port."""
+    log = open(tmp_path_factory.mktemp("live-log") / "server.log", "w+")
+    base, proc = start_serve({"SEESKU_DATA_DIR": str(tmp_path_factory.mktemp("live-data")), "SEESKU_ONNX_THREADS": "2"},
+                             stdout=log)
     yield base, proc
     proc.terminate()
     proc.wait(timeout=30)

@@ -7,12 +7,8 @@ schema. SEESKU_API_FUZZ_EXAMPLES sets the examples per operation (default 60: ab
 """
 
 import os
-import subprocess
-import sys
-import time
 from collections import Counter
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -23,8 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from api.settings import REPO_ROOT
-from tests.conftest import free_port
+from tests.conftest import start_serve
 
 EXAMPLES = int(os.environ.get("SEESKU_API_FUZZ_EXAMPLES", "60"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -34,27 +29,13 @@ STATUSES: Counter = Counter()
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    port = free_port()
     data = tmp_path_factory.mktemp("fuzz-data")
-    env = {**os.environ, "SEESKU_DATA_DIR": str(data), "SEESKU_ONNX_THREADS": "2",
-           # The fuzzer is one fast client; the limiter's 429s would hide the routes behind it.
-           "SEESKU_RATE_LIMIT_PER_S": "100000", "SEESKU_RATE_LIMIT_BURST": "100000"}
     log = open(data / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO_ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    else:
-        proc.kill()
-        log.seek(0)
-        pytest.fail(f"server did not start:\n{log.read()[-3000:]}")
+    base, proc = start_serve({
+        "SEESKU_DATA_DIR": str(data), "SEESKU_ONNX_THREADS": "2",
+        # The fuzzer is one fast client; the limiter's 429s would hide the routes behind it.
+        "SEESKU_RATE_LIMIT_PER_S": "100000", "SEESKU_RATE_LIMIT_BURST": "100000",
+    }, stdout=log)
     yield base
     proc.terminate()
     proc.wait(timeout=30)

@@ -138,29 +138,16 @@ def test_redaction_of_keys_in_any_log_message():
 
 def test_serve_host_flag_turns_keys_on(tmp_path):
     """`seesku serve --host 0.0.0.0` must require keys even when SEESKU_HOST says loopback."""
-    import os
     import subprocess
-    import sys
-    import time
 
     import httpx
 
-    from api.settings import REPO_ROOT
-    from tests.conftest import free_port
+    from tests.conftest import start_serve
 
-    port = free_port()
-    env = {**os.environ, "SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false", "SEESKU_HOST": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base, proc = start_serve({"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false", "SEESKU_HOST": "127.0.0.1"},
+                             "--host", "0.0.0.0", stdout=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/products").status_code == 401
+        assert httpx.get(f"{base}/v1/products").status_code == 401
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0].decode()

@@ -2,10 +2,7 @@
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,25 +12,15 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
 from api import errors
-from api.settings import REPO_ROOT
 from api.timeouts import TimeoutMiddleware
-from tests.conftest import free_port
+from tests.conftest import start_serve
 
 
 def test_stalled_upload_gets_408_from_the_real_server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false",
-           "SEESKU_BODY_IDLE_TIMEOUT_S": "1", "SEESKU_ONNX_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base, proc = start_serve({"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false",
+                              "SEESKU_BODY_IDLE_TIMEOUT_S": "1", "SEESKU_ONNX_THREADS": "2"})
+    port = int(base.rsplit(":", 1)[1])
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         # Announce 100 KB, send 1 KB, then stall: the server answers instead of waiting for ever.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
