@@ -1,6 +1,6 @@
 """Load: concurrent shoppers on /v1/search for a fixed time against a real server, and its memory.
 
-    python bench/load.py [--clients 16] [--seconds 60] [--min-searches 5000]
+    python bench/load.py [--clients 16] [--seconds 60] [--min-searches 5000] [--warmup 1000]
 
 Counts errors (any non-200), reports p50/p99, and the server's resident memory once 1,000 searches at full
 concurrency have warmed it up (thread pool, allocator arenas) and again at the end, at least
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--min-searches", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=1000, help="searches before the first memory sample")
     args = parser.parse_args()
     photos = [p.read_bytes() for p in QUERY_PHOTOS]
     url, proc = start_server()
@@ -58,7 +59,7 @@ def main() -> None:
         threads = [threading.Thread(target=shopper, args=(n,)) for n in range(args.clients)]
         for t in threads:
             t.start()
-        while len(latencies) < 1000:
+        while len(latencies) < args.warmup:
             time.sleep(0.1)
         rss_start, mark = rss_mb(proc.pid), len(latencies)
         while time.perf_counter() - started < args.seconds or len(latencies) - mark < args.min_searches:
