@@ -81,3 +81,70 @@ def test_merchandiser_page_runs_a_job_and_downloads_results(live_server, browser
     assert len(rows) == 7 and {r["status"] for r in rows} == {"ok"}
     assert rows[0]["fine"] and rows[0]["matches"]  # the sample catalogue gives catalogue matches
     page.close()
+
+
+def test_pages_ask_for_an_api_key_where_the_server_requires_one(browser, tmp_path):
+    """Off loopback keys are required: the page shows a key field on 401, keeps the key for the tab and
+    sends it with every call, thumbnails included."""
+    import subprocess
+    import sys
+
+    from api.settings import REPO_ROOT
+    from tests.conftest import start_serve
+
+    env = {"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_REQUIRE_KEYS": "true", "SEESKU_ONNX_THREADS": "2"}
+    def create_key(*scopes):
+        command = [sys.executable, "-m", "api.cli", "keys", "create", "--name", "web page"]
+        for scope in scopes:
+            command += ["--scope", scope]
+        return subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    token, merchandiser_token = create_key("search"), create_key("catalog:write")
+    base, proc = start_serve(env)
+    try:
+        page = browser.new_page()
+        page.goto(base + "/")
+        assert page.locator("#key-form").is_hidden()
+        photo = SAMPLES / "queries" / "Garant-Ecological-Standard-Milk_004.jpg"
+        page.locator("input#photo").set_input_files(str(photo))
+        page.locator("#key-form").wait_for(state="visible", timeout=30_000)
+        assert "needs an API key" in page.locator("#error").inner_text()
+        page.get_by_label("API key").fill(token)
+        page.get_by_role("button", name="Use key").click()  # the refused search is sent again, with the key
+        assert page.locator("#key-form").is_hidden()
+        page.locator("ol#matches li").first.wait_for(timeout=30_000)
+        assert page.locator("#error").inner_text() == ""
+        ids = page.locator("ol#matches li").evaluate_all("items => items.map(li => li.dataset.productId)")
+        assert "Garant-Ecological-Standard-Milk" in ids
+        # The thumbnails came through the key too (a plain <img src> would have got 401).
+        page.wait_for_function("() => [...document.querySelectorAll('#matches img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.reload()  # the key stays for the tab, not beyond it
+        assert page.evaluate("() => sessionStorage.getItem('seesku-api-key')") == token
+        page.close()
+
+        # The merchandiser page: job, duplicate thumbnails and the CSV download all carry the key.
+        archive = tmp_path / "shelf.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            z.write(photo, "a.jpg")
+            z.write(photo, "copy-of-a.jpg")
+        page = browser.new_page(accept_downloads=True)
+        page.goto(base + "/merchandiser")
+        page.get_by_label("Choose a zip of photos").set_input_files(str(archive))
+        page.get_by_role("button", name="Start tagging").click()
+        page.locator("#key-form").wait_for(state="visible", timeout=30_000)
+        page.get_by_label("API key").fill(merchandiser_token)
+        page.get_by_role("button", name="Use key").click()
+        page.get_by_role("button", name="Start tagging").click()
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('done')", timeout=120_000)
+        group = page.get_by_role("group", name="Duplicate group 1: 2 photos")
+        group.locator("img").nth(1).wait_for(timeout=30_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#groups img')].every(i => i.complete && i.naturalWidth > 0)")
+        with page.expect_download() as download:
+            page.get_by_role("link", name="CSV").click()
+        rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+        assert sorted(r["path"] for r in rows) == ["a.jpg", "copy-of-a.jpg"]
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

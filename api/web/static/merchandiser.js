@@ -11,7 +11,7 @@ $("upload").addEventListener("submit", async (e) => {
   $("error").textContent = "";
   $("start").disabled = true;
   try {
-    const resp = await fetch("/v1/tagging/jobs", { method: "POST", body: file, headers: { "Content-Type": "application/zip" } });
+    const resp = await seesku.fetch("/v1/tagging/jobs", { method: "POST", body: file, headers: { "Content-Type": "application/zip" } });
     const job = await resp.json();
     if (!resp.ok) throw new Error(job.error ? job.error.message : `HTTP ${resp.status}`);
     follow(job);
@@ -35,16 +35,16 @@ async function follow(job) {
   show(job);
   while (job.state === "queued" || job.state === "running") {
     await new Promise((r) => setTimeout(r, 500));
-    job = await (await fetch(`/v1/tagging/jobs/${job.id}`)).json();
+    job = await (await seesku.fetch(`/v1/tagging/jobs/${job.id}`)).json();
     show(job);
   }
   $("start").disabled = false;
   if (job.state === "failed") { $("error").textContent = `Tagging failed: ${job.error}`; return; }
-  $("csv").href = `${job.results_url}?format=csv`;
-  $("jsonl").href = `${job.results_url}?format=jsonl`;
+  seesku.linkDownload($("csv"), `${job.results_url}?format=csv`, `${job.id}.csv`);
+  seesku.linkDownload($("jsonl"), `${job.results_url}?format=jsonl`, `${job.id}.jsonl`);
   $("downloads").hidden = false;
   $("status").textContent = `${job.state}: ${job.done} of ${job.total} photos tagged, ${job.duplicate_groups || 0} near-duplicate groups`;
-  const { groups } = await (await fetch(`/v1/tagging/jobs/${job.id}/duplicates`)).json();
+  const { groups } = await (await seesku.fetch(`/v1/tagging/jobs/${job.id}/duplicates`)).json();
   const box = $("groups");
   box.replaceChildren();
   for (const g of groups) {
@@ -55,7 +55,7 @@ async function follow(job) {
     g.photos.forEach((p, i) => {
       const fig = document.createElement("figure");
       const img = document.createElement("img");
-      img.src = g.thumbnail_urls[i];
+      seesku.showImage(img, g.thumbnail_urls[i]).catch(() => {});
       img.alt = p;
       const cap = document.createElement("figcaption");
       cap.textContent = p;

@@ -20,14 +20,16 @@ async function search(file) {
   form.append("k", "5");
   let body;
   try {
-    const resp = await fetch("/v1/search", { method: "POST", body: form, headers: { "X-Channel": "web" } });
+    const resp = await seesku.fetch("/v1/search", { method: "POST", body: form, headers: { "X-Channel": "web" } });
     body = await resp.json();
     if (!resp.ok) throw new Error(body.error ? body.error.message : `HTTP ${resp.status}`);
   } catch (err) {
     $("status").textContent = "";
     $("error").textContent = `Search failed: ${err.message}`;
+    lastFailed = err instanceof NeedsKey ? file : null;
     return;
   }
+  lastFailed = null;
   render(body);
 }
 
@@ -37,7 +39,7 @@ function render(body) {
   body.matches.forEach((m, i) => {
     const li = document.createElement("li");
     const img = document.createElement("img");
-    img.src = m.thumbnail_url;
+    seesku.showImage(img, m.thumbnail_url).catch(() => {});
     img.alt = `Catalogue photo of ${m.name}`;
     li.append(img, text("div", `${i + 1}. ${m.name}`, "name"),
       text("div", `${m.category.fine} · ${m.category.coarse}`, "muted"),
@@ -53,7 +55,13 @@ function render(body) {
     : "No matching products in the catalogue.";
 }
 
-$("photo").addEventListener("change", (e) => { if (e.target.files[0]) search(e.target.files[0]); });
+let lastFailed = null;  // a photo refused for want of a key is sent again once a key is entered
+$("photo").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  e.target.value = "";  // so the same photo can be chosen again
+  if (file) search(file);
+});
+document.addEventListener("seesku-key", () => { if (lastFailed) search(lastFailed); });
 const drop = $("drop");
 ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
