@@ -16,7 +16,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 
 # Tests, training and export: torch, timm and the offline pretrained weights too.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[train,dev,triton]'
+	$(PIP) -e '.[train,dev]'
 	touch $@ $(VENV)/.serve
 
 # A real Triton server on CPU: the tritonserver binary of the nvidia-pytriton wheel (without its deps: it
@@ -28,7 +28,7 @@ $(VENV)/.triton: | $(BIN)/python
 	test -d $(VENV)/triton-stub/numpy
 	touch $@
 
-triton: $(VENV)/.dev $(VENV)/.triton
+triton: $(VENV)/.serve $(VENV)/.triton
 	$(BIN)/seesku triton serve
 
 # The page tests drive Debian's chromium through Playwright (Playwright's own browser download is not used).

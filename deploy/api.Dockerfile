@@ -7,7 +7,7 @@ COPY api api
 COPY training training
 COPY triton_models triton_models
 COPY samples samples
-RUN pip install --no-cache-dir ".[triton]"
+RUN pip install --no-cache-dir .
 ENV SEESKU_HOST=0.0.0.0 SEESKU_PORT=8000 SEESKU_DATA_DIR=/var/lib/seesku
 EXPOSE 8000
 CMD ["seesku", "serve"]
