@@ -12,10 +12,11 @@ from vision.runtimes import EmbedderOutput
 
 
 class OnnxRuntimeEmbedder:
-    def __init__(self, model_dir: str | Path, threads: int = 0):
+    def __init__(self, model_dir: str | Path, threads: int = 0, spinning: bool = False):
         self.model_dir = Path(model_dir)
         self.manifest = ModelManifest.load(self.model_dir)
         self.threads = threads
+        self.spinning = spinning
         self._session = None
         self._lock = threading.Lock()
 
@@ -38,7 +39,7 @@ class OnnxRuntimeEmbedder:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             # Idle ORT threads otherwise spin for a while after each run, stealing the cores that the
             # request's decode and index search need next (measured: search 4-17 ms spinning, <1 ms not).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
             self._session = ort.InferenceSession(
                 str(self.model_dir / self.manifest.onnx_file), options, providers=["CPUExecutionProvider"]
             )

@@ -33,8 +33,9 @@ def model_folder(args: dict) -> Path:
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        threads = int(config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "0"))
-        self.embedder = OnnxRuntimeEmbedder(model_folder(args), threads=threads)
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.embedder = OnnxRuntimeEmbedder(model_folder(args), threads=int(parameters.get("intra_op_threads", "0")),
+                                            spinning=parameters.get("allow_spinning", "0") == "1")
         self.embedder.load()
 
     def execute(self, requests):
