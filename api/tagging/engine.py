@@ -19,7 +19,9 @@ import os
 import sqlite3
 import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,7 +252,7 @@ class Tagger:
                  limits: Limits = Limits(), start_method: str | None = None):
         # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server must use "spawn".
         self.start_method = start_method or ("fork" if os.name == "posix" else "spawn")
-        self.embedder = embedder
+        self.embedder, self.embed_concurrency = embedder.for_bulk()
         self.matcher = matcher
         self.options = options
         self.limits = limits
@@ -297,9 +299,18 @@ class Tagger:
             state.close()
 
     def _batches(self, todo: Sequence[Item], order: dict[str, int], should_stop):
+        """Rows per batch, pipelined: the decoder processes decode ahead; `embed_concurrency` batches are
+        embedded at once on threads of their own (ONNX Runtime and the gRPC client release the GIL); this
+        thread matches the oldest finished batch against the catalogue while the caller writes its rows."""
         options = self.options
         ctx = multiprocessing.get_context(self.start_method)
         pool = ctx.Pool(options.workers, _init_worker, (self.manifest.input.spec(), self.limits, options))
+        embedding = ThreadPoolExecutor(self.embed_concurrency, thread_name_prefix="tag-embed")
+        in_flight: deque = deque()  # (batch, rows of photos that did not decode, future of its embeddings)
+
+        def start(batch, rejects) -> None:
+            in_flight.append((batch, rejects, embedding.submit(self._embed, batch) if batch else None))
+
         try:
             pending: list[tuple[Item, np.ndarray, dict]] = []
             bad: list[tuple[str, int, dict, None, None]] = []
@@ -309,18 +320,29 @@ class Tagger:
                 else:
                     pending.append((item, pixels, info))
                 if len(pending) >= options.batch:
-                    yield self._tag(pending, order) + bad
+                    start(pending, bad)
                     pending, bad = [], []
+                    while len(in_flight) > self.embed_concurrency:
+                        yield self._finish(*in_flight.popleft(), order)
                     if should_stop and should_stop():
-                        return
-            if pending or bad:
-                yield (self._tag(pending, order) if pending else []) + bad
+                        break
+            else:
+                if pending or bad:
+                    start(pending, bad)
+            while in_flight:  # also on a stop: batches already embedding are not thrown away
+                yield self._finish(*in_flight.popleft(), order)
         finally:
+            embedding.shutdown(wait=True, cancel_futures=True)
             pool.terminate()
             pool.join()
 
-    def _tag(self, batch: list[tuple[Item, np.ndarray, dict]], order: dict[str, int]):
-        out = self.embedder.embed(np.stack([p for _, p, _ in batch]))
+    def _embed(self, batch: list[tuple[Item, np.ndarray, dict]]):
+        return self.embedder.embed(np.stack([p for _, p, _ in batch]))
+
+    def _finish(self, batch, rejects, future, order: dict[str, int]):
+        return (self._rows(batch, future.result(), order) if future is not None else []) + rejects
+
+    def _rows(self, batch: list[tuple[Item, np.ndarray, dict]], out, order: dict[str, int]):
         fine_labels, coarse_labels = self.manifest.fine_labels, self.manifest.coarse_labels
         rows = []
         for i, (item, _, info) in enumerate(batch):

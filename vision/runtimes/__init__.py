@@ -41,6 +41,9 @@ class Embedder(Protocol):
     def embed(self, pixels: np.ndarray) -> EmbedderOutput:
         """pixels: uint8 (N, H, W, 3) as produced by vision.preprocess.load_image."""
 
+    def for_bulk(self) -> tuple["Embedder", int]:
+        """The embedder to use for bulk work (tagging) and how many batches to keep in flight on it."""
+
 
 def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, triton_model: str = "product_embedder",
                     timeout_s: float = 5.0, retries: int = 2) -> Embedder:

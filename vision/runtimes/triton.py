@@ -100,6 +100,10 @@ class TritonEmbedder:
         if any(served.get(name) != size for name, size in want.items()):
             raise ValueError(f"Triton model {self.model_name!r} outputs {served}, the manifest expects {want}")
 
+    def for_bulk(self) -> tuple["TritonEmbedder", int]:
+        # Several batches in flight keep Triton's instances busy while results travel back.
+        return self, 4
+
     @property
     def loaded(self) -> bool:
         return self.health() is None
