@@ -185,3 +185,28 @@ def test_seesku_triton_serve_starts_a_ready_server(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0
+
+
+def test_bulk_tagging_through_triton_matches_in_process(triton_server, local, tmp_path):
+    """`seesku tag`'s engine on the Triton embedder (several batches in flight): same categories as in-process."""
+    import csv
+    import shutil
+
+    from api.tagging.engine import TagOptions, Tagger
+    from api.tagging.sources import list_items
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((SAMPLES / "catalog").glob("*_*.jpg"))[:20]:
+        shutil.copy(p, folder / p.name)
+    remote = create_embedder(triton_server.inference_setting, MODEL_DIR)
+    try:
+        runs = {}
+        for name, embedder in (("triton", remote), ("onnxruntime", local)):
+            out = tmp_path / f"{name}.csv"
+            summary = Tagger(embedder, options=TagOptions(batch=4)).run(list_items(folder), out)
+            assert summary.done == 20
+            runs[name] = {r["path"]: (r["fine"], r["coarse"]) for r in csv.DictReader(open(out, newline=""))}
+        assert runs["triton"] == runs["onnxruntime"]
+    finally:
+        remote.close()
