@@ -73,8 +73,8 @@ class TritonEmbedder:
     def load(self) -> None:
         """Connect and check that the served model is the one the manifest describes.
 
-        Raises EmbedderUnavailable while Triton is unreachable (the caller may start anyway and report
-        not-ready); raises ValueError when Triton serves a model with other shapes."""
+        Raises EmbedderUnavailable while Triton is unreachable (the service retries for
+        SEESKU_INFERENCE_STARTUP_WAIT_S at start-up); ValueError when Triton serves a model of other shapes."""
         with self._lock:
             if not self._checked:
                 self._run(self._check(), self.timeout_s * 2)
