@@ -61,6 +61,9 @@ CREATE INDEX IF NOT EXISTS events_user ON events(user_id, ts);
 PRODUCT_FIELDS = ("name", "fine_category", "coarse_category", "description", "attributes")
 
 
+CACHE_LIMIT = 200_000  # entries per read cache; past it the cache starts again (a bound, not an LRU)
+
+
 @dataclass
 class Product:
     product_id: str
@@ -128,8 +131,12 @@ class CatalogStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
-        # Photo ids per category, read by every search that the category heads widen; any write clears it.
+        # Read by every search and cleared by every write transaction (under the same lock, so a search never
+        # sees a cache older than the last commit): photo ids per category (for the category heads), the
+        # owner of each photo and the products, so ranking the visual short-list costs no SQL or JSON.
         self._category_images: dict[str, np.ndarray] = {}
+        self._owners: dict[int, str] = {}
+        self._products: dict[str, Product] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -149,10 +156,15 @@ class CatalogStore:
                 try:
                     store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
                 finally:
-                    store._category_images.clear()
+                    store._clear_caches()
                     store._lock.release()
 
         return _Tx()
+
+    def _clear_caches(self) -> None:
+        self._category_images.clear()
+        self._owners.clear()
+        self._products.clear()
 
     def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -172,11 +184,17 @@ class CatalogStore:
         return self._product(rows[0])
 
     def get_products(self, product_ids: Sequence[str]) -> dict[str, Product]:
-        if not product_ids:
-            return {}
-        marks = ",".join("?" * len(product_ids))
-        rows = self._query(f"SELECT * FROM products WHERE product_id IN ({marks})", list(product_ids))
-        return {r[0]: self._product(r) for r in rows}
+        """The products that exist among `product_ids` (cached until the next write; do not modify them)."""
+        with self._lock:
+            found = {pid: self._products[pid] for pid in product_ids if pid in self._products}
+            missing = [pid for pid in product_ids if pid not in found]
+            if missing:
+                marks = ",".join("?" * len(missing))
+                for row in self._query(f"SELECT * FROM products WHERE product_id IN ({marks})", missing):
+                    found[row[0]] = self._products[row[0]] = self._product(row)
+                if len(self._products) > CACHE_LIMIT:
+                    self._products.clear()
+            return found
 
     def list_products(self, category: str | None = None, after: str | None = None, limit: int = 50) -> list[Product]:
         sql, params = "SELECT * FROM products WHERE 1=1", []
@@ -322,11 +340,18 @@ class CatalogStore:
             return cached
 
     def image_owners(self, image_ids: Sequence[int]) -> dict[int, str]:
-        if not len(image_ids):
-            return {}
-        marks = ",".join("?" * len(image_ids))
-        rows = self._query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", [int(i) for i in image_ids])
-        return dict(rows)
+        """product_id of each existing photo among `image_ids` (cached until the next write)."""
+        with self._lock:
+            owners = self._owners
+            found = {i: owners[i] for i in map(int, image_ids) if i in owners}
+            missing = [i for i in map(int, image_ids) if i not in found]
+            if missing:
+                marks = ",".join("?" * len(missing))
+                for image_id, product_id in self._query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", missing):
+                    found[image_id] = owners[image_id] = product_id
+                if len(owners) > CACHE_LIMIT:
+                    owners.clear()
+            return found
 
     def iter_embeddings(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in batches, for rebuilding the index."""
