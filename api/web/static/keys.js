@@ -53,6 +53,15 @@ const seesku = {
   },
 };
 
+// The key field, the same on every page: hidden at the top of <main> until the API asks for a key.
+document.querySelector("main").insertAdjacentHTML("afterbegin", `
+  <form id="key-form" class="key" hidden>
+    <label for="api-key">API key</label>
+    <input id="api-key" type="password" autocomplete="off" aria-describedby="key-reason">
+    <button type="submit">Use key</button>
+    <p class="hint" id="key-reason"></p>
+  </form>`);
+
 document.getElementById("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const value = document.getElementById("api-key").value.trim();
