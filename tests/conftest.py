@@ -1,6 +1,5 @@
 import csv
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import REPO_ROOT, Settings
+from triton_models.server import TritonServer, free_port  # free_port: tests import it from here
 
 SAMPLES = REPO_ROOT / "samples"
 
@@ -50,19 +50,11 @@ def empty_client(tmp_path):
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
     """The real `tritonserver` binary (CPU, python backend) on free loopback ports, models ready."""
-    from triton_models.server import TritonServer
-
     workdir = tmp_path_factory.mktemp("triton")
     server = TritonServer(workdir, free_port(), free_port(), free_port(), log_file=workdir / "triton.log")
     server.start()
     yield server
     server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_serve(env: dict[str, str], *args: str, stdout=subprocess.DEVNULL) -> tuple[str, subprocess.Popen]:
