@@ -320,6 +320,9 @@ def train_recommender(
     batch: Annotated[int, typer.Option(min=1, help="users per step")] = 256,
     dropout: Annotated[float, typer.Option(min=0, max=0.9)] = 0.3,
     seed: Annotated[int, typer.Option()] = 0,
+    cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
+    cl_temperature: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    fit_through: Annotated[str, typer.Option(help="train: hold out the validation item and stop on it; val: refit through it for exactly --epochs")] = "train",
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
     export_to: Annotated[Optional[Path], typer.Option(help="export the best model (ONNX + manifest) to this folder, e.g. triton_models/user_recommender")] = None,
 ) -> None:
@@ -329,10 +332,13 @@ def train_recommender(
     if (data is None) == (not from_events):
         typer.echo("error: pass exactly one of --data FILE or --from-events", err=True)
         raise typer.Exit(2)
+    if fit_through not in ("train", "val"):
+        typer.echo(f"error: --fit-through is train or val, not {fit_through!r}", err=True)
+        raise typer.Exit(2)
     seqs = _events_sequences(Settings()) if from_events else _sequence_file(data)
     config = RecommenderConfig(
         data=str(data or "events"), out=str(out), epochs=epochs, dim=dim, max_len=max_len, lr=lr, batch=batch, dropout=dropout,
-        seed=seed, from_events=from_events,
+        seed=seed, from_events=from_events, cl_weight=cl_weight, cl_temperature=cl_temperature, fit_through=fit_through,
         exclude_history=not (from_events or data.suffix.lower() == ".csv"),  # events: repeat purchases count
     )
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -401,8 +407,7 @@ def eval_recommender(
         "eval_s": round(time.perf_counter() - started, 1),
         "best_epoch": state["epoch"] + 1,
         "train_wall_s": json.loads(history_file.read_text())["wall_s"] if history_file.exists() else None,
-        "train_command": "seesku train recommender --data {data} --out {out} --epochs {epochs} --dim {dim} --max-len {max_len} "
-                         "--lr {lr:g} --batch {batch} --dropout {dropout:g} --seed {seed}".format(**state["config"]),
+        "train_command": _recommender_command(state["config"]),
         "protocol": "leave-one-out; target ranked against all items" + ("; items already in the history excluded" if exclude else ""),
     }
     if out:
@@ -413,6 +418,17 @@ def eval_recommender(
     else:
         for key, value in metrics.items():
             typer.echo(f"{key:10s} {value:.4f}")
+
+
+def _recommender_command(config: dict) -> str:
+    """The `seesku train recommender` line that reproduces a checkpoint's config."""
+    command = ("seesku train recommender --data {data} --out {out} --epochs {epochs} --dim {dim} --max-len {max_len} "
+               "--lr {lr:g} --batch {batch} --dropout {dropout:g} --seed {seed}").format(**config)
+    if config.get("cl_weight"):
+        command += " --cl-weight {cl_weight:g} --cl-temperature {cl_temperature:g}".format(**config)
+    if config.get("fit_through", "train") != "train":
+        command += f" --fit-through {config['fit_through']}"
+    return command
 
 
 @triton_app.command("serve")

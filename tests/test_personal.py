@@ -10,7 +10,7 @@ from api.personal import PersonalModel, RecommenderManifest
 from api.settings import REPO_ROOT
 from tests.conftest import SAMPLES
 from training.recommender.data import Sequences
-from training.recommender.train import RecommenderConfig, evaluate, train
+from training.recommender.train import RecommenderConfig, contrastive_loss, evaluate, train, training_batch
 
 RECOMMENDER = REPO_ROOT / "triton_models" / "user_recommender"
 MILK_PHOTO = SAMPLES / "queries" / "Garant-Ecological-Standard-Milk_004.jpg"
@@ -158,6 +158,44 @@ def test_model_learns_a_planted_sequence_pattern(tmp_path):
     assert metrics["hr@5"] > 0.9 and metrics["ndcg@10"] > 0.8
     history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_contrastive_regulariser_trains_with_the_planted_pattern(tmp_path):
+    config = RecommenderConfig(data="planted", out=str(tmp_path / "run"), dim=32, blocks=1, heads=2, dropout=0.1,
+                               epochs=30, batch=64, lr=3e-3, eval_every=5, patience=3, threads=2, cl_weight=0.1)
+    from training.recommender.train import load
+
+    model, _ = load(train(config, planted_sequences(), log=lambda m: None))
+    assert evaluate(model, planted_sequences(), "test")["hr@5"] > 0.9
+
+
+def test_contrastive_loss_on_a_known_case():
+    g = torch.Generator().manual_seed(0)
+    # Two positions, orthogonal unit vectors, identical views, different next items. Row 0 of the 4x4
+    # similarity matrix (temperature 1): itself (masked), its other view e1.e1 = 1, and two negatives e1.e2 = 0.
+    views = torch.eye(2)
+    expected = float(np.log((np.e + 2) / np.e))
+    assert contrastive_loss(views, views, torch.tensor([1, 2]), 1.0, g).item() == pytest.approx(expected)
+    # Same next item: the other position is its positive (supervised view), never its negative, so the loss
+    # is that of a pair of positions with nothing to push away: zero.
+    same = contrastive_loss(torch.eye(2), torch.eye(2), torch.tensor([3, 3]), 1.0, g)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_refit_trains_through_the_validation_item_never_the_test_item():
+    seqs = Sequences([np.array([1, 2, 3, 4, 5])], 5)
+    x, _, _, y = training_batch(seqs, [0], max_len=10)  # the validation item (4) and test item (5) held out
+    assert x.tolist() == [[1, 2]] and y.tolist() == [[2, 3]]
+    x, _, _, y = training_batch(seqs, [0], max_len=10, held_out=1)  # the refit: only the test item held out
+    assert x.tolist() == [[1, 2, 3]] and y.tolist() == [[2, 3, 4]]
+
+
+def test_refit_keeps_its_last_epoch(tmp_path):
+    config = RecommenderConfig(data="planted", out=str(tmp_path / "run"), dim=16, blocks=1, dropout=0.0, epochs=3,
+                               batch=64, threads=2, fit_through="val")
+    best = train(config, planted_sequences(users=50), log=lambda m: None)
+    state = torch.load(best, weights_only=False)
+    assert state["epoch"] == 2 and not any(k.startswith("val_") for r in state["history"] for k in r)
 
 
 class FixedScores(torch.nn.Module):

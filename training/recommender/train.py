@@ -54,6 +54,13 @@ class RecommenderConfig:
     # The Beauty protocol (S3-Rec's code) excludes items already in the history from the ranking. Shoppers'
     # events are different: buying the same oat milk again is the most likely next event, so not for events.
     exclude_history: bool = True
+    # Contrastive regulariser (0 = off): see `contrastive_loss`.
+    cl_weight: float = 0.0
+    cl_temperature: float = 1.0
+    # "train": the validation item is held out and picks the best epoch. "val": a refit for the final model,
+    # trained through the validation item for a fixed number of epochs (chosen beforehand on a "train" run);
+    # the test item is never trained on either way.
+    fit_through: str = "train"
 
 
 def _arrays(seqs: Sequences, users: list[int], cut: int, max_len: int):
@@ -68,12 +75,12 @@ def _arrays(seqs: Sequences, users: list[int], cut: int, max_len: int):
     return torch.from_numpy(np.stack(items)), torch.from_numpy(np.stack(channels)), torch.from_numpy(np.stack(types))
 
 
-def training_batch(seqs: Sequences, users: list[int], max_len: int):
-    """Next-item pairs over each user's training part (all but the last two items), padded to the longest."""
-    max_len = min(max_len, max(len(seqs.items[u]) - 3 for u in users))
+def training_batch(seqs: Sequences, users: list[int], max_len: int, held_out: int = 2):
+    """Next-item pairs over each user's training part (all but the last `held_out` items), padded to the longest."""
+    max_len = min(max_len, max(len(seqs.items[u]) - held_out - 1 for u in users))
     xs, cs, ts, ys = [], [], [], []
     for u in users:
-        train = seqs.items[u][:-2]
+        train = seqs.items[u][:-held_out]
         if len(train) < 2:
             continue
         xs.append(left_pad(train[:-1], max_len))
@@ -81,6 +88,34 @@ def training_batch(seqs: Sequences, users: list[int], max_len: int):
         ts.append(left_pad(seqs.side("types", u)[: len(train) - 1], max_len))
         ys.append(left_pad(train[1:], max_len))
     return tuple(torch.from_numpy(np.stack(a)) for a in (xs, cs, ts, ys))
+
+
+def contrastive_loss(first: torch.Tensor, second: torch.Tensor, targets: torch.Tensor, temperature: float,
+                     generator: torch.Generator, limit: int = 1024) -> torch.Tensor:
+    """DuoRec's contrastive regulariser (Qiu et al., WSDM 2022), per position instead of per sequence.
+
+    Why: with a tied item table, cross-entropy alone lets the user vectors (and so the item embeddings)
+    collapse into a narrow cone, where many items score alike; pulling each position's vector towards a view
+    of the same intent and away from the rest of the batch spreads them out. The positive of a position is a
+    position of another shopper with the same next item when the batch has one (DuoRec's supervised view),
+    else the same position under a second dropout mask (its unsupervised view). Positions with the same next
+    item are not used as each other's negatives.
+    """
+    n = first.shape[0]
+    if n > limit:
+        keep = torch.randperm(n, generator=generator)[:limit]
+        first, second, targets, n = first[keep], second[keep], targets[keep], limit
+    same = targets[:, None] == targets[None, :]
+    others = same & ~torch.eye(n, dtype=torch.bool)
+    noise = torch.rand(n, n, generator=generator).masked_fill(~others, -1.0)
+    partner = torch.where(others.any(dim=1), noise.argmax(dim=1), torch.arange(n))
+    z = torch.cat([first, second[partner]])
+    sim = z @ z.t() / temperature
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    z_targets = torch.cat([targets, targets[partner]])
+    blocked = z_targets[:, None] == z_targets[None, :]
+    blocked[torch.arange(2 * n), positive] = False
+    return F.cross_entropy(sim.masked_fill(blocked, float("-inf")), positive)
 
 
 def length_bucketed_batches(seqs: Sequences, users: list[int], batch: int, rng: np.random.Generator) -> list[list[int]]:
@@ -94,8 +129,8 @@ def length_bucketed_batches(seqs: Sequences, users: list[int], batch: int, rng: 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def trainable_users(seqs: Sequences) -> list[int]:
-    return [u for u in range(len(seqs)) if len(seqs.items[u]) >= 4]
+def trainable_users(seqs: Sequences, held_out: int = 2) -> list[int]:
+    return [u for u in range(len(seqs)) if len(seqs.items[u]) >= held_out + 2]
 
 
 @torch.no_grad()
@@ -152,7 +187,11 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
-    users = trainable_users(seqs)
+    if config.fit_through not in ("train", "val"):
+        raise ValueError(f"fit_through must be 'train' or 'val', not {config.fit_through!r}")
+    held_out = 2 if config.fit_through == "train" else 1
+    users = trainable_users(seqs, held_out)
+    cl_generator = torch.Generator().manual_seed(config.seed)
     meta = {"config": asdict(config), "num_items": seqs.num_items, "vocabulary": seqs.vocabulary}
     started = time.perf_counter() - sum(h.get("seconds", 0.0) for h in history)
     for epoch in range(start, config.epochs):
@@ -161,12 +200,15 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
         total, steps, epoch_started = 0.0, 0, time.perf_counter()
         steps_total = len(batches)
         for batch_users in batches:
-            x, c, t, y = training_batch(seqs, batch_users, config.max_len)
+            x, c, t, y = training_batch(seqs, batch_users, config.max_len, held_out)
             states = model.states(x, c, t)
             valid = y != 0
             logits = states[valid] @ model.items.weight.t()  # real positions only
             logits[:, 0] = float("-inf")  # never predict padding
             loss = F.cross_entropy(logits, y[valid])
+            if config.cl_weight:
+                second = model.states(x, c, t)[valid]  # same events, another dropout mask
+                loss = loss + config.cl_weight * contrastive_loss(states[valid], second, y[valid], config.cl_temperature, cl_generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -175,7 +217,10 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
             if progress:
                 progress(epoch, steps, steps_total, total / steps)
         record = {"epoch": epoch + 1, "loss": total / max(1, steps), "seconds": round(time.perf_counter() - epoch_started, 1)}
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        if held_out == 1:  # the refit has no validation left: its last epoch is the model
+            if epoch + 1 == config.epochs:
+                save_atomically({"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]}, out / "best.pt")
+        elif (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             val = evaluate(model, seqs, "val", exclude_history=config.exclude_history)
             record.update({f"val_{k}": v for k, v in val.items() if k != "users"})
             if record["val_ndcg@10"] > best:
