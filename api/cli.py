@@ -408,7 +408,8 @@ def eval_recommender(
         "best_epoch": state["epoch"] + 1,
         "train_wall_s": json.loads(history_file.read_text())["wall_s"] if history_file.exists() else None,
         "train_command": _recommender_command(state["config"]),
-        "protocol": "leave-one-out; target ranked against all items" + ("; items already in the history excluded" if exclude else ""),
+        "protocol": "leave-one-out; target ranked against all items" + ("; items already in the history excluded" if exclude else "")
+                    + ("; refit: trained through the validation item" if state["config"].get("fit_through") == "val" else ""),
     }
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
