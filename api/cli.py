@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -322,7 +322,7 @@ def train_recommender(
     seed: Annotated[int, typer.Option()] = 0,
     cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
     cl_temperature: Annotated[float, typer.Option(min=0.01)] = 1.0,
-    fit_through: Annotated[str, typer.Option(help="train: hold out the validation item and stop on it; val: refit through it for exactly --epochs")] = "train",
+    fit_through: Annotated[Literal["train", "val"], typer.Option(help="train: hold out the validation item and stop on it; val: refit through it for exactly --epochs")] = "train",
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
     export_to: Annotated[Optional[Path], typer.Option(help="export the best model (ONNX + manifest) to this folder, e.g. triton_models/user_recommender")] = None,
 ) -> None:
@@ -331,9 +331,6 @@ def train_recommender(
 
     if (data is None) == (not from_events):
         typer.echo("error: pass exactly one of --data FILE or --from-events", err=True)
-        raise typer.Exit(2)
-    if fit_through not in ("train", "val"):
-        typer.echo(f"error: --fit-through is train or val, not {fit_through!r}", err=True)
         raise typer.Exit(2)
     seqs = _events_sequences(Settings()) if from_events else _sequence_file(data)
     config = RecommenderConfig(
@@ -398,6 +395,9 @@ def eval_recommender(
     from training.recommender.train import evaluate, load
 
     recommender, state = load(model)
+    if split == "val" and state["config"].get("fit_through") == "val":
+        typer.echo(f"error: {model} is a refit trained through the validation item; evaluate it on test", err=True)
+        raise typer.Exit(2)
     started = time.perf_counter()
     exclude = state["config"].get("exclude_history", True)
     metrics = evaluate(recommender, _sequence_file(data), split, exclude_history=exclude)

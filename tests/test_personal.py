@@ -196,6 +196,15 @@ def test_refit_keeps_its_last_epoch(tmp_path):
     best = train(config, planted_sequences(users=50), log=lambda m: None)
     state = torch.load(best, weights_only=False)
     assert state["epoch"] == 2 and not any(k.startswith("val_") for r in state["history"] for k in r)
+    # its validation score would be a score on training data: the eval command refuses it
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    data = tmp_path / "planted.txt"
+    data.write_text("".join(f"{u} {' '.join(map(str, s))}\n" for u, s in enumerate(planted_sequences(users=50).items)))
+    refused = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--split", "val"])
+    assert refused.exit_code == 2 and "refit" in refused.output
 
 
 class FixedScores(torch.nn.Module):

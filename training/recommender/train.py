@@ -119,8 +119,7 @@ def contrastive_loss(first: torch.Tensor, second: torch.Tensor, targets: torch.T
     z = torch.cat([first, second[partner]])
     sim = z @ z.t() / temperature
     positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    z_targets = torch.cat([targets, targets[partner]])
-    blocked = z_targets[:, None] == z_targets[None, :]
+    blocked = same.repeat(2, 2)  # a partner has its position's next item, so both halves share `targets`
     blocked[torch.arange(2 * n), positive] = False
     return F.cross_entropy(sim.masked_fill(blocked, float("-inf")), positive)
 
@@ -210,12 +209,13 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
             x, c, t, y = training_batch(seqs, batch_users, config.max_len, held_out)
             states = model.states(x, c, t)
             valid = y != 0
-            logits = states[valid] @ model.items.weight.t()  # real positions only
+            users_now, targets = states[valid], y[valid]  # real positions only
+            logits = users_now @ model.items.weight.t()
             logits[:, 0] = float("-inf")  # never predict padding
-            loss = F.cross_entropy(logits, y[valid])
+            loss = F.cross_entropy(logits, targets)
             if config.cl_weight:
                 second = model.states(x, c, t)[valid]  # same events, another dropout mask
-                loss = loss + config.cl_weight * contrastive_loss(states[valid], second, y[valid], config.cl_temperature, cl_generator)
+                loss = loss + config.cl_weight * contrastive_loss(users_now, second, targets, config.cl_temperature, cl_generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
