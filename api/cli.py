@@ -126,12 +126,19 @@ def export_onnx(
     backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2 (prototype model)")] = "tf_efficientnet_lite0",
     queries: Annotated[Optional[Path], typer.Option(help="labelled query CSV to measure the heads on")] = REPO_ROOT / "samples" / "queries.csv",
     scale: Annotated[float, typer.Option(help="cosine head scale (prototype model)")] = 20.0,
+    input_size: Annotated[Optional[int], typer.Option(min=32, help="serving resolution of a fine-tuned model (default: the backbone's); choose it on --split val")] = None,
+    crop_pct: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="centre-crop fraction at serving (default: the backbone's)")] = None,
+    coarse_from_fine: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of the summed fine probabilities in coarse_probs (fine-tuned model)")] = 0.0,
 ) -> None:
     """Export a product model to ONNX with its manifest (needs the train extras)."""
     queries = queries if queries and queries.exists() else None
     if checkpoint is not None:
-        _export_checkpoint(checkpoint, out, queries)
+        _export_checkpoint(checkpoint, out, queries, input_size=input_size, crop_pct=crop_pct,
+                           coarse_from_fine=coarse_from_fine, export_command=_command_line())
         return
+    if (input_size, crop_pct, coarse_from_fine) != (None, None, 0.0):
+        typer.echo("error: --input-size, --crop-pct and --coarse-from-fine apply to a fine-tuned --checkpoint", err=True)
+        raise typer.Exit(2)
     try:
         from vision.export import export_pretrained
     except ImportError as exc:
@@ -244,6 +251,9 @@ def _command_line() -> str:
     return " ".join(["seesku", *sys.argv[1:]])
 
 
+THREADS_HELP = "PyTorch threads; 0 = every core (lower it to share the machine with another job)"
+
+
 @train_app.command("vision")
 def train_vision(
     data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a folder per product, or a CSV of path,product_id,fine,coarse")],
@@ -256,6 +266,7 @@ def train_vision(
     backbone_lr_mult: Annotated[float, typer.Option()] = 0.2,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps_per_epoch: Annotated[int, typer.Option(help="0: full epochs")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
     export: Annotated[bool, typer.Option(help="export the best checkpoint to OUT/product_embedder when done")] = True,
 ) -> None:
@@ -266,7 +277,7 @@ def train_vision(
     config = TrainConfig(
         data=str(data), out=str(out), backbone=backbone, epochs=epochs,
         sizes=[int(s) for s in sizes.split(",")], freeze_blocks=freeze_blocks, lr=lr,
-        backbone_lr_mult=backbone_lr_mult, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
+        backbone_lr_mult=backbone_lr_mult, seed=seed, max_steps_per_epoch=max_steps_per_epoch, threads=threads,
     )
     with TrainProgress() as ui:
         best = train(config, resume=resume, ui=ui)
@@ -276,10 +287,10 @@ def train_vision(
         _export_checkpoint(best, out / "product_embedder", queries if queries.exists() else None)
 
 
-def _export_checkpoint(checkpoint: Path, out: Path, queries: Path | None) -> None:
+def _export_checkpoint(checkpoint: Path, out: Path, queries: Path | None, **options) -> None:
     from training.export import export_trained
 
-    manifest = export_trained(checkpoint, out, queries_csv=queries, log=lambda m: typer.echo(m, err=True))
+    manifest = export_trained(checkpoint, out, queries_csv=queries, log=lambda m: typer.echo(m, err=True), **options)
     typer.echo(f"exported {manifest.model_id} to {out}", err=True)
     json.dump(manifest.metrics, sys.stdout, indent=2)
     typer.echo()
@@ -323,6 +334,7 @@ def train_recommender(
     cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
     cl_temperature: Annotated[float, typer.Option(min=0.01)] = 1.0,
     fit_through: Annotated[Literal["train", "val"], typer.Option(help="train: hold out the validation item and stop on it; val: refit through it for exactly --epochs")] = "train",
+    threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
     export_to: Annotated[Optional[Path], typer.Option(help="export the best model (ONNX + manifest) to this folder, e.g. triton_models/user_recommender")] = None,
 ) -> None:
@@ -335,7 +347,7 @@ def train_recommender(
     seqs = _events_sequences(Settings()) if from_events else _sequence_file(data)
     config = RecommenderConfig(
         data=str(data or "events"), out=str(out), epochs=epochs, dim=dim, max_len=max_len, lr=lr, batch=batch, dropout=dropout,
-        seed=seed, from_events=from_events, cl_weight=cl_weight, cl_temperature=cl_temperature, fit_through=fit_through,
+        seed=seed, from_events=from_events, cl_weight=cl_weight, cl_temperature=cl_temperature, fit_through=fit_through, threads=threads,
         exclude_history=not (from_events or data.suffix.lower() == ".csv"),  # events: repeat purchases count
     )
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

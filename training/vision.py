@@ -254,7 +254,9 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         saved = TrainConfig(**state["config"])
         if (saved.data, saved.backbone, saved.embedding_dim) != (config.data, config.backbone, config.embedding_dim):
             raise ValueError(f"--resume: {last} was trained with a different data/backbone/embedding size")
-        config = saved if config.epochs == saved.epochs else TrainConfig(**{**state["config"], "epochs": config.epochs})
+        # The saved recipe wins, except the epoch count (to extend a run) and the thread count (how much of
+        # the machine this process may use is not part of the recipe).
+        config = TrainConfig(**{**state["config"], "epochs": config.epochs, "threads": config.threads})
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
