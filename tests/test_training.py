@@ -10,7 +10,7 @@ from PIL import Image
 
 from training.data import load_photos
 from training.metrics import confusion_matrix, nearest_neighbour_accuracy, per_class_accuracy, recall_at_k, topk_accuracy
-from training.vision import TrainConfig, pk_batches, supcon_loss, train
+from training.vision import TrainConfig, load_checkpoint, pk_batches, supcon_loss, train
 
 COLOURS = {"red-apple": (200, 30, 30), "green-pear": (40, 180, 60), "blue-carton": (40, 60, 200)}
 COARSE = {"red-apple": "fruit", "green-pear": "fruit", "blue-carton": "packages"}
@@ -169,7 +169,10 @@ def test_resume_continues_from_the_checkpoint(tiny_folder, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(_config(tiny_folder, tmp_path / "interrupted"), ui=_StopAfterFirstEpoch())
     assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=False)["epoch"] == 0
-    train(_config(tiny_folder, tmp_path / "interrupted"), resume=True)
+    train(_config(tiny_folder, tmp_path / "interrupted", threads=1), resume=True)
+    # How much of the machine to use is the resuming process's choice, not part of the saved recipe.
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
 
     def history(run):
         return [json.loads(line) for line in (tmp_path / run / "history.jsonl").read_text().splitlines()]
@@ -196,3 +199,30 @@ def test_trained_checkpoint_exports_with_parity(tiny_folder, tmp_path):
     assert ModelManifest.load(tmp_path / "model").embedding_dim == 32 and (tmp_path / "model" / "1" / "model.onnx").exists()
     assert manifest.fine_labels == load_photos(tiny_folder, "train").fine_labels and len(manifest.data_checksum) == 64
     assert manifest.command.startswith("seesku train vision --data")
+
+
+def test_export_at_a_chosen_resolution_with_coarse_from_fine(tiny_folder, tmp_path):
+    import onnxruntime as ort
+
+    from training.export import export_trained
+    from vision.preprocess import load_image
+
+    best = train(_config(tiny_folder, tmp_path / "run", epochs=1))
+    manifest = export_trained(best, tmp_path / "model", log=lambda m: None, input_size=96, crop_pct=1.0,
+                              coarse_from_fine=0.5, export_command="seesku export-onnx --input-size 96")
+    assert (manifest.input.size, manifest.input.crop_pct) == (96, 1.0)
+    assert manifest.command.endswith(" && seesku export-onnx --input-size 96") and "fine_probs summed" in manifest.heads
+    session = ort.InferenceSession(str(tmp_path / "model" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [96, 96, 3]
+
+    photo = next(p for p in (tiny_folder / "val").rglob("*.jpg"))
+    pixels = load_image(photo.read_bytes(), manifest.input.spec())[None]
+    _, fine, coarse = session.run(None, {"pixels": pixels})
+    model, state = load_checkpoint(best)  # coarse head alone
+    with torch.no_grad():
+        head = model(torch.from_numpy(pixels.copy()))[2].numpy()
+    summed = np.zeros_like(head)
+    for f, c in enumerate(state["fine_to_coarse"]):
+        summed[:, c] += fine[:, f]
+    np.testing.assert_allclose(coarse, 0.5 * head + 0.5 * summed, atol=1e-5)
+    assert coarse.sum() == pytest.approx(1.0, abs=1e-5)

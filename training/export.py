@@ -18,12 +18,29 @@ def export_trained(
     data: Path | None = None,
     queries_csv: Path | None = None,
     log: Callable[[str], None] = print,
+    input_size: int | None = None,
+    crop_pct: float | None = None,
+    coarse_from_fine: float = 0.0,
+    export_command: str | None = None,
 ) -> ModelManifest:
     """Write `out_dir/1/model.onnx` + `manifest.json` for a `best.pt`, with its validation figures, the
-    exact training command and a checksum of the training data."""
+    exact training command and a checksum of the training data.
+
+    `input_size`/`crop_pct` override the backbone's serving input (default: its pretrained config). A model
+    trained on random-resized crops sees products larger than a centre crop of the same size shows them,
+    so serving it at a somewhat higher resolution than it was trained at often classifies better (Touvron
+    et al., FixRes, 2019); choose it with `seesku eval vision --split val`. `coarse_from_fine`: see
+    `ProductModel.set_hierarchy`. `export_command` (the export's own command line) is appended to the
+    training command in the manifest, so the served graph can be reproduced from it."""
     model, state = load_checkpoint(checkpoint)
     config = TrainConfig(**state["config"])
     cfg = REGISTRY[config.backbone]
+    model.input_size = input_size or cfg.input_size
+    model.set_hierarchy(state["fine_to_coarse"], coarse_from_fine)
+    heads = (f"trained cosine heads (scale {config.head_scale:g}) on a {config.embedding_dim}-d projection; "
+             "cross-entropy + SupCon, see training/vision.py")
+    if coarse_from_fine > 0:
+        heads += f"; coarse_probs = {1 - coarse_from_fine:g} x coarse head + {coarse_from_fine:g} x fine_probs summed per coarse category"
     data = Path(data or config.data)
     train_set = load_photos(data, "train")
     log("checksumming the training data")
@@ -37,15 +54,14 @@ def export_trained(
         backbone=config.backbone,
         source_weights=f"{cfg.source} (ImageNet-1k), fine-tuned on {train_set.source} "
                        f"({len(train_set)} photos + {len(train_set.iconic)} catalogue photos)",
-        heads=f"trained cosine heads (scale {config.head_scale:g}) on a {config.embedding_dim}-d projection; "
-              "cross-entropy + SupCon, see training/vision.py",
-        input=InputConfig(size=cfg.input_size, crop_pct=cfg.crop_pct, mean=cfg.mean, std=cfg.std),
+        heads=heads,
+        input=InputConfig(size=model.input_size, crop_pct=crop_pct or cfg.crop_pct, mean=cfg.mean, std=cfg.std),
         embedding_dim=model.embedding_dim,
         fine_labels=state["fine_labels"],
         coarse_labels=state["coarse_labels"],
         fine_to_coarse=state["fine_to_coarse"],
         metrics=metrics,
-        command=state.get("command") or _train_command(config),
+        command=" && ".join(filter(None, [state.get("command") or _train_command(config), export_command])),
         data_checksum=train_set.checksum(),
         training=state["history"],
     )

@@ -54,6 +54,22 @@ class ProductModel(nn.Module):
         self.coarse_head = CosineHead(self.embedding_dim, num_coarse, head_scale)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0)
+        self.coarse_from_fine = 0.0  # see set_hierarchy; 0: coarse_probs is the coarse head alone
+        self.register_buffer("fine_to_coarse", torch.zeros(num_fine, num_coarse), persistent=False)
+
+    def set_hierarchy(self, fine_to_coarse: list[int], coarse_from_fine: float) -> None:
+        """Blend into coarse_probs the fine head's probabilities summed over each coarse category:
+        coarse_probs = (1 - w) * coarse head + w * sum of fine_probs within the coarse category.
+
+        Why: every fine category sits in exactly one coarse one, and the fine head is trained on the finer,
+        harder signal; its summed probabilities make the coarse answer agree with the fine one (no
+        "Granny-Smith, but a Pear"). The weight is an export-time choice made on validation photos and
+        baked into the graph, so every runtime serves the same blend.
+        """
+        matrix = torch.zeros_like(self.fine_to_coarse)
+        matrix[torch.arange(len(fine_to_coarse)), torch.tensor(fine_to_coarse)] = 1.0
+        self.fine_to_coarse.copy_(matrix)
+        self.coarse_from_fine = float(coarse_from_fine)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> float NCHW, normalised the way the backbone was trained."""
@@ -67,4 +83,6 @@ class ProductModel(nn.Module):
         embedding = self.embed_normalised(self.normalise(pixels))
         fine = self.fine_head(embedding).softmax(dim=-1)
         coarse = self.coarse_head(embedding).softmax(dim=-1)
+        if self.coarse_from_fine > 0:
+            coarse = (1 - self.coarse_from_fine) * coarse + self.coarse_from_fine * (fine @ self.fine_to_coarse)
         return embedding, fine, coarse
