@@ -30,7 +30,8 @@ def export_trained(
     trained on random-resized crops sees products larger than a centre crop of the same size shows them,
     so serving it at a somewhat higher resolution than it was trained at often classifies better (Touvron
     et al., FixRes, 2019); choose it with `seesku eval vision --split val`. `coarse_from_fine`: see
-    `ProductModel.set_hierarchy`. `export_command` (the export's own command line) is appended to the
+    `ProductModel.set_hierarchy`. The manifest's `val_*` metrics stay those of training (training resolution,
+    coarse head alone); `seesku eval vision` measures the exported graph as served. `export_command` (the export's own command line) is appended to the
     training command in the manifest, so the served graph can be reproduced from it."""
     model, state = load_checkpoint(checkpoint)
     config = TrainConfig(**state["config"])

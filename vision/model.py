@@ -62,8 +62,8 @@ class ProductModel(nn.Module):
         coarse_probs = (1 - w) * coarse head + w * sum of fine_probs within the coarse category.
 
         Why: every fine category sits in exactly one coarse one, and the fine head is trained on the finer,
-        harder signal; its summed probabilities make the coarse answer agree with the fine one (no
-        "Granny-Smith, but a Pear"). The weight is an export-time choice made on validation photos and
+        harder signal; its summed probabilities pull the coarse answer towards the fine one (fewer
+        "Granny-Smith, but a Pear" answers). The weight is an export-time choice made on validation photos and
         baked into the graph, so every runtime serves the same blend.
         """
         matrix = torch.zeros_like(self.fine_to_coarse)
