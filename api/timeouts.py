@@ -12,7 +12,6 @@ answer in time, gets a JSON error instead of holding a connection and a worker f
 from __future__ import annotations
 
 import asyncio
-import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +20,8 @@ from api.errors import error_response
 
 
 class TimeoutMiddleware:
+    """Both limits as asyncio.timeout scopes around the request's own task: no extra task per request."""
+
     def __init__(self, app: ASGIApp, body_idle_timeout_s: float, request_timeout_s: float):
         self.app = app
         self.body_idle_timeout_s = body_idle_timeout_s
@@ -30,42 +31,34 @@ class TimeoutMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = {"last_byte": time.monotonic(), "body_done": False, "started": False}
+        loop = asyncio.get_running_loop()
+        state = {"body_done": False, "started": False}
 
         async def timed_receive() -> Message:
             if state["body_done"]:  # waiting for a disconnect: no limit
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_idle_timeout_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.body_idle_timeout_s):
+                    message = await receive()
+            except TimeoutError:
                 raise HTTPException(408, f"no request body received for {self.body_idle_timeout_s:g} s") from None
             if message["type"] == "http.request":
-                state["last_byte"] = time.monotonic()
                 state["body_done"] = not message.get("more_body", False)
+                if not state["started"]:  # the answer is due request_timeout_s after the last body byte
+                    deadline.reschedule(loop.time() + self.request_timeout_s)
             return message
 
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
+                deadline.reschedule(None)  # streaming: let it finish
             await send(message)
 
-        task = asyncio.ensure_future(self.app(scope, timed_receive, tracked_send))
-        while True:
-            remaining = state["last_byte"] + self.request_timeout_s - time.monotonic()
-            done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.0))
-            if done:
-                task.result()  # re-raise what the app raised
-                return
-            if state["started"]:  # streaming: let it finish
-                await task
-                return
-            if time.monotonic() >= state["last_byte"] + self.request_timeout_s:
-                break  # (a body chunk that arrived meanwhile moved the deadline: go round again)
-        task.cancel()
         try:
-            await task
-        except BaseException:  # noqa: BLE001 - the cancelled request's own ending is of no interest now
-            pass
-        if not state["started"]:
+            async with asyncio.timeout(self.request_timeout_s) as deadline:
+                await self.app(scope, timed_receive, tracked_send)
+        except TimeoutError:
+            if not deadline.expired() or state["started"]:
+                raise  # the app's own TimeoutError, not our deadline
             response = error_response(504, "timeout", f"no answer within {self.request_timeout_s:g} s; retry later")
             await response(scope, receive, send)

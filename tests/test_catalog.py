@@ -234,3 +234,28 @@ def test_confident_category_surfaces_a_product_outside_the_visual_shortlist(tmp_
         assert [m.product.product_id for m in svc.rank(query, probs, 1)] == ["target"]
     finally:
         svc.store.close()
+
+
+def test_photo_owners_follow_every_write(service, monkeypatch):
+    """The owner cache behind ranking: codes name the right products, deleted photos read as GONE (also
+    the ones never seen before), and a write starts a new generation without breaking codes already handed out."""
+    import api.catalog.store as store_module
+    from api.catalog.store import GONE
+
+    monkeypatch.setattr(store_module, "SQL_VARIABLES", 2)  # look-ups in several statements
+    service.put_product(product("a"), [photo(0), photo(1)])
+    service.put_product(product("b"), [photo(2)])
+    ids = service.store.image_ids()
+    codes, names = service.store.owner_codes(ids)
+    owners = [names[c] for c in codes]
+    assert sorted(owners) == ["a", "a", "b"]
+    b_photo = int(ids[owners.index("b")])
+    far = int(ids.max()) + 5000  # never stored: grows the table, reads as gone
+    codes, _ = service.store.owner_codes(np.array([far, b_photo]))
+    assert codes[0] == GONE and names[codes[1]] == "b"
+
+    service.delete_product("b")
+    new_codes, new_names = service.store.owner_codes(np.array([b_photo, *ids[ids != b_photo]]))
+    assert new_codes[0] == GONE and {new_names[c] for c in new_codes[1:]} == {"a"}
+    assert names[codes[1]] == "b"  # the previous generation still reads as it did
+    assert service.store.owner_codes(np.array([], np.int64))[0].shape == (0,)

@@ -383,18 +383,19 @@ class CatalogService:
         fetch = min(limit, max(4 * k, 32))
         while True:
             scores, ids = self.index.search(embedding, fetch, allowed)
-            owners = self.store.image_owners(ids)
-            best: dict[str, tuple[float, int]] = {}
-            for score, image_id in zip(scores.tolist(), ids.tolist()):
-                pid = owners.get(image_id)  # None: deleted between the index and the store read
-                if pid is not None and pid not in best:
-                    best[pid] = (score, image_id)
-            if len(best) >= k or fetch >= limit:
+            codes, names = self.store.owner_codes(ids)
+            live = codes >= 0  # GONE: deleted between the index and the store read
+            scores, ids, codes = scores[live], ids[live], codes[live]
+            # each product's best photo is its first in score order
+            first = np.sort(np.unique(codes, return_index=True)[1])
+            if len(first) >= k or fetch >= limit:
                 break
             fetch = min(limit, fetch * 4)
-        top = list(best.items())[:k]
-        products = self.store.get_products([pid for pid, _ in top])
-        return [Match(products[pid], score, image_id, visual_score=score) for pid, (score, image_id) in top if pid in products]
+        top = first[:k]
+        pids = [names[c] for c in codes[top].tolist()]
+        products = self.store.get_products(pids)
+        return [Match(products[pid], score, image_id, visual_score=score)
+                for pid, score, image_id in zip(pids, scores[top].tolist(), ids[top].tolist()) if pid in products]
 
     # -- bulk import --------------------------------------------------------------------------
     def import_events_csv(self, path: Path) -> int:

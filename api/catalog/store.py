@@ -62,6 +62,8 @@ PRODUCT_FIELDS = ("name", "fine_category", "coarse_category", "description", "at
 
 
 CACHE_LIMIT = 200_000  # entries per read cache; past it the cache starts again (a bound, not an LRU)
+UNKNOWN, GONE = -2, -1  # photo-owner codes that are not products
+SQL_VARIABLES = 900  # host parameters per statement, under SQLite's oldest default limit (999)
 
 
 @dataclass
@@ -135,8 +137,13 @@ class CatalogStore:
         # sees a cache older than the last commit): photo ids per category (for the category heads), the
         # owner of each photo and the products, so ranking the visual short-list costs no SQL or JSON.
         self._category_images: dict[str, np.ndarray] = {}
-        self._owners: dict[int, str] = {}
         self._products: dict[str, Product] = {}
+        # Photo owners as arrays, so the visual short-list (hundreds of photo ids) is grouped by product in
+        # numpy: _owner_codes[image_id] is a code into _code_products, UNKNOWN until looked up, GONE when the
+        # photo does not exist. 4 bytes per photo id up to the largest one searched.
+        self._owner_codes = np.full(0, UNKNOWN, np.int32)
+        self._code_products: list[str] = []
+        self._product_codes: dict[str, int] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -163,8 +170,11 @@ class CatalogStore:
 
     def _clear_caches(self) -> None:
         self._category_images.clear()
-        self._owners.clear()
         self._products.clear()
+        # new objects, not cleared ones: a search holding the previous generation's codes keeps its names
+        self._owner_codes = np.full(0, UNKNOWN, np.int32)
+        self._code_products = []
+        self._product_codes = {}
 
     def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -339,19 +349,35 @@ class CatalogStore:
                 self._category_images[category] = cached
             return cached
 
-    def image_owners(self, image_ids: Sequence[int]) -> dict[int, str]:
-        """product_id of each existing photo among `image_ids` (cached until the next write)."""
+    def owner_codes(self, image_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """For each photo id a product code, GONE when the photo does not exist (deleted between the index and
+        this read), and the product id of each code. Cached until the next write."""
+        image_ids = np.asarray(image_ids, dtype=np.int64)
         with self._lock:
-            owners = self._owners
-            found = {i: owners[i] for i in map(int, image_ids) if i in owners}
-            missing = [i for i in map(int, image_ids) if i not in found]
-            if missing:
-                marks = ",".join("?" * len(missing))
-                for image_id, product_id in self._query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", missing):
-                    found[image_id] = owners[image_id] = product_id
-                if len(owners) > CACHE_LIMIT:
-                    owners.clear()
-            return found
+            names = self._code_products
+            if not len(image_ids):
+                return np.empty(0, np.int32), names
+            table = self._owner_codes
+            top = int(image_ids.max())
+            if top >= len(table):
+                grown = np.full(max(top + 1, 2 * len(table)), UNKNOWN, np.int32)
+                grown[: len(table)] = table
+                self._owner_codes = table = grown
+            codes = table[image_ids]
+            missing = np.unique(image_ids[codes == UNKNOWN])
+            if len(missing):
+                table[missing] = GONE
+                for start in range(0, len(missing), SQL_VARIABLES):
+                    chunk = missing[start:start + SQL_VARIABLES].tolist()
+                    marks = ",".join("?" * len(chunk))
+                    for image_id, product_id in self._query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", chunk):
+                        code = self._product_codes.get(product_id)
+                        if code is None:
+                            code = self._product_codes[product_id] = len(names)
+                            names.append(product_id)
+                        table[image_id] = code
+                codes = table[image_ids]
+            return codes, names
 
     def iter_embeddings(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in batches, for rebuilding the index."""
