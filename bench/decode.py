@@ -8,12 +8,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from common import QUERY_PHOTOS, emit, median_ms
+from common import MODEL_DIR, QUERY_PHOTOS, emit, median_ms
 from PIL import Image
 
-from vision.preprocess import InputSpec, decode, load_image, to_model_input
+from vision.manifest import ModelManifest
+from vision.preprocess import decode, load_image, to_model_input
 
-SPEC = InputSpec(224, 0.875)
+SPEC = ModelManifest.load(MODEL_DIR).input.spec()  # the shipped model's input
 
 
 def phone_photo() -> bytes:

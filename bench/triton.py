@@ -63,6 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pixels = photos()
+    size = pixels[0].shape[0]
     local = OnnxRuntimeEmbedder(MODEL_DIR)
     local.load()
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +91,7 @@ def main() -> None:
     ort, tri = results["onnxruntime"], results["triton"]
     out = {
         "bench": "triton_vs_inprocess_cpu",
-        "what": "one photo per request (pre-decoded uint8 224x224), C client threads; medians over rounds",
+        "what": f"one photo per request (pre-decoded uint8 {size}x{size}), C client threads; medians over rounds",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "rounds": args.rounds,
         "requests_per_level": args.requests,

@@ -40,7 +40,7 @@ def build(onnx_path: Path, plan_path: Path, min_batch: int = 1, opt_batch: int =
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        _, *rest = tensor.shape  # (-1, 224, 224, 3)
+        _, *rest = tensor.shape  # (-1, H, W, 3)
         profile.set_shape(tensor.name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     started = time.perf_counter()

@@ -55,12 +55,13 @@ class Engine:
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.batch = None
+        _, self.height, self.width, _ = self.engine.get_tensor_shape("pixels")  # (-1, H, W, 3): the export's size
 
     def bind(self, batch: int) -> None:
         torch = self.torch
         if self.batch == batch:
             return
-        self.input = torch.empty((batch, 224, 224, 3), dtype=torch.uint8, device="cuda")
+        self.input = torch.empty((batch, self.height, self.width, 3), dtype=torch.uint8, device="cuda")
         self.context.set_input_shape("pixels", tuple(self.input.shape))
         self.context.set_tensor_address("pixels", self.input.data_ptr())
         self.outputs = {}

@@ -55,6 +55,12 @@ def test_export_parity_and_manifest(tmp_path):
     assert manifest.metrics["parity_min_cosine"] >= PARITY_MIN_COSINE
     assert manifest.fine_labels == [r["fine_category"] for r in chosen]
     assert len(manifest.coarse_labels) == len({r["coarse_category"] for r in chosen})
+    # the version is the graph's checksum, so a re-export that changes the vectors makes catalogues re-embed
+    import hashlib
+
+    graph = (tmp_path / "model" / manifest.onnx_file).read_bytes()
+    assert manifest.version == hashlib.sha256(graph).hexdigest()[:12]
+    assert ModelManifest.load(tmp_path / "model").version == manifest.version
 
     import onnxruntime as ort
 
@@ -90,13 +96,22 @@ def test_committed_manifest_is_consistent():
     assert raw["metrics"]["parity_min_cosine"] >= 0.9999
     assert len(manifest.fine_labels) == 81 and len(manifest.coarse_labels) == 43  # classes.csv has coarse ids 0..42
     assert len(manifest.fine_to_coarse) == 81
-    assert manifest.input.size == 224 and manifest.input.mean == (0.5, 0.5, 0.5)
+    assert manifest.input.mean == (0.5, 0.5, 0.5)
+    import onnxruntime as ort
+
+    graph_input = ort.InferenceSession(str(MODEL_DIR / manifest.onnx_file)).get_inputs()[0]
+    assert graph_input.shape[1:] == [manifest.input.size, manifest.input.size, 3]  # the size the service feeds
 
 
 def test_triton_config_matches_manifest():
     manifest = ModelManifest.load(MODEL_DIR)
     config = (MODEL_DIR / "config.pbtxt").read_text()
     size = manifest.input.size
-    assert f"dims: [ {size}, {size}, 3 ]" in config
+    # every model of the repository that takes or makes the pixels: the embedders and the preprocess step
+    for name in ("product_embedder", "product_embedder_py", "product_embedder_trt", "preprocess"):
+        assert f"dims: [ {size}, {size}, 3 ]" in (MODEL_DIR.parent / name / "config.pbtxt").read_text(), name
+    for doc in ("deploy/k8s/triton.yaml", "deploy/README.md"):  # the TensorRT profile shapes of the GPU deployment
+        text = (REPO_ROOT / doc).read_text()
+        assert f"pixels:1x{size}x{size}x3" in text and f"pixels:64x{size}x{size}x3" in text, doc
     assert f'name: "embedding", data_type: TYPE_FP32, dims: [ {manifest.embedding_dim} ]' in config
     assert f"dims: [ {len(manifest.fine_labels)} ]" in config and f"dims: [ {len(manifest.coarse_labels)} ]" in config

@@ -51,7 +51,7 @@ def export_trained(
     metrics["train_wall_s"] = float(sum(r["seconds"] for r in state["history"]))
     manifest = ModelManifest(
         model_id=f"seesku-{config.backbone.replace('tf_', '').replace('_', '-')}-ft",
-        version="1",
+        version="",  # set by write_model: the graph's checksum
         backbone=config.backbone,
         source_weights=f"{cfg.source} (ImageNet-1k), fine-tuned on {train_set.source} "
                        f"({len(train_set)} photos + {len(train_set.iconic)} catalogue photos)",

@@ -8,6 +8,7 @@ graph is written next to its manifest in the Triton model repository, atomically
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -122,7 +123,6 @@ def export_pretrained(
     backbone: str = "tf_efficientnet_lite0",
     scale: float = 20.0,
     queries_csv: Path | None = None,
-    version: str = "1",
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> ModelManifest:
@@ -135,7 +135,7 @@ def export_pretrained(
     cfg = REGISTRY[backbone]
     manifest = ModelManifest(
         model_id=f"seesku-{backbone.replace('tf_', '').replace('_', '-')}-prototype",
-        version=version,
+        version="",  # set by write_model: the graph's checksum
         backbone=backbone,
         source_weights=f"{cfg.source} (ImageNet-1k), no fine-tuning",
         heads=(
@@ -185,7 +185,10 @@ def write_model(
         os.replace(tmp_path, out_dir / "1" / "model.onnx")
     finally:
         tmp_path.unlink(missing_ok=True)
-    manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
+    # The version is the graph's checksum: any re-export that changes what the model computes (weights,
+    # input size, heads) gets a new one, so catalogues and tagging jobs re-embed instead of mixing vectors.
+    version = hashlib.sha256((out_dir / "1" / "model.onnx").read_bytes()).hexdigest()[:12]
+    manifest = manifest.model_copy(update={"version": version, "metrics": {**manifest.metrics, **metrics}})
     manifest.save(out_dir)
     return manifest
 
