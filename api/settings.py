@@ -27,10 +27,6 @@ class Settings(BaseSettings):
     triton_retries: int = Field(2, ge=0, le=10, description="retries of a Triton call that failed for want of the server")
     index: Literal["faiss"] = Field("faiss", description="vector index: FAISS, files under the data dir")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
-    onnx_max_batch: int = Field(
-        16, ge=1, le=256,
-        description="photos of concurrent searches run as one ONNX Runtime batch (dynamic batching in-process); 1 = off",
-    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
     max_images_per_request: int = Field(32, gt=0, description="photos in one POST /v1/products/{id}/images")

@@ -103,7 +103,7 @@ def create_service_embedder(settings: Settings) -> Embedder:
     """The embedder that SEESKU_INFERENCE names, with its settings."""
     return create_embedder(
         settings.inference, settings.model_dir, settings.onnx_threads, settings.triton_model,
-        settings.triton_timeout_s, settings.triton_retries, settings.onnx_max_batch,
+        settings.triton_timeout_s, settings.triton_retries,
     )
 
 

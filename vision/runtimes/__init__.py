@@ -46,16 +46,13 @@ class Embedder(Protocol):
 
 
 def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, triton_model: str = "product_embedder",
-                    timeout_s: float = 5.0, retries: int = 2, max_batch: int = 16) -> Embedder:
+                    timeout_s: float = 5.0, retries: int = 2) -> Embedder:
     """inference: 'onnx' (in-process) or 'triton://host:grpc_port'; model_dir holds the manifest (and, for
-    'onnx', the graph). threads and max_batch (concurrent calls coalesced into one run of up to that many
-    photos; 1 = off) apply to ONNX Runtime, where Triton batches on the server; the rest to Triton."""
+    'onnx', the graph). threads applies to ONNX Runtime; the rest to Triton."""
     if inference == "onnx":
-        from vision.runtimes.batching import CoalescingEmbedder
         from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
-        embedder = OnnxRuntimeEmbedder(model_dir, threads=threads)
-        return CoalescingEmbedder(embedder, max_batch) if max_batch > 1 else embedder
+        return OnnxRuntimeEmbedder(model_dir, threads=threads)
     if inference.startswith("triton://"):
         from vision.runtimes.triton import TritonEmbedder
 
