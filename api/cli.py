@@ -396,7 +396,8 @@ def _events_sequences(settings: Settings):
 @eval_app.command("recommender")
 def eval_recommender(
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="the sequence file the model was trained on")],
-    model: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="a best.pt checkpoint")],
+    model: Annotated[list[Path], typer.Option(exists=True, dir_okay=False,
+                                              help="a best.pt checkpoint; repeat it to score an ensemble (mean log-probability)")],
     split: Annotated[str, typer.Option(help="val or test")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
     out: Annotated[Optional[Path], typer.Option(help="also write the result JSON here")] = None,
@@ -404,25 +405,50 @@ def eval_recommender(
     """Leave-one-out evaluation, full ranking against every item: HR@5/10/20 and NDCG@5/10/20."""
     import time
 
-    from training.recommender.train import evaluate, load
+    from training.recommender.train import Ensemble, evaluate, load
 
-    recommender, state = load(model)
-    if split == "val" and state["config"].get("fit_through") == "val":
-        typer.echo(f"error: {model} is a refit trained through the validation item; evaluate it on test", err=True)
+    loaded = [load(path) for path in model]
+    configs = [state["config"] for _, state in loaded]
+    refits = {config.get("fit_through") == "val" for config in configs}
+    if len(refits) > 1:
+        typer.echo("error: an ensemble mixes refits with held-out models; give it models trained alike", err=True)
         raise typer.Exit(2)
+    refit = refits.pop()
+    if split == "val" and refit:
+        typer.echo(f"error: {model[0]} is a refit trained through the validation item; evaluate it on test", err=True)
+        raise typer.Exit(2)
+    excludes = {config.get("exclude_history", True) for config in configs}
+    if len(excludes) > 1:
+        typer.echo("error: ensemble members disagree on excluding the history from the answers", err=True)
+        raise typer.Exit(2)
+    exclude = excludes.pop()
+    try:
+        recommender = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded])
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     started = time.perf_counter()
-    exclude = state["config"].get("exclude_history", True)
     metrics = evaluate(recommender, _sequence_file(data), split, exclude_history=exclude)
-    history_file = model.parent / "history.json"
-    result = {
-        "data": str(data), "split": split, "model": str(model), "metrics": metrics,
-        "eval_s": round(time.perf_counter() - started, 1),
-        "best_epoch": state["epoch"] + 1,
-        "train_wall_s": json.loads(history_file.read_text())["wall_s"] if history_file.exists() else None,
-        "train_command": _recommender_command(state["config"]),
-        "protocol": "leave-one-out; target ranked against all items" + ("; items already in the history excluded" if exclude else "")
-                    + ("; refit: trained through the validation item" if state["config"].get("fit_through") == "val" else ""),
-    }
+
+    def describe(path: Path, state: dict) -> dict:
+        history_file = path.parent / "history.json"
+        return {
+            "model": str(path), "best_epoch": state["epoch"] + 1,
+            "train_wall_s": json.loads(history_file.read_text())["wall_s"] if history_file.exists() else None,
+            "train_command": _recommender_command(state["config"]),
+        }
+
+    members = [describe(path, state) for path, (_, state) in zip(model, loaded)]
+    result = {"data": str(data), "split": split, **members[0], "metrics": metrics,
+              "eval_s": round(time.perf_counter() - started, 1)}
+    if len(members) > 1:
+        result.update(model=[m["model"] for m in members], ensemble=members,
+                      best_epoch=[m["best_epoch"] for m in members],
+                      train_wall_s=sum(m["train_wall_s"] or 0.0 for m in members),
+                      train_command=[m["train_command"] for m in members])
+    result["protocol"] = ("leave-one-out; target ranked against all items" + ("; items already in the history excluded" if exclude else "")
+                          + ("; refit: trained through the validation item" if refit else "")
+                          + (f"; ensemble of {len(members)}: mean log-softmax" if len(members) > 1 else ""))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

@@ -205,6 +205,13 @@ def test_refit_keeps_its_last_epoch(tmp_path):
     data.write_text("".join(f"{u} {' '.join(map(str, s))}\n" for u, s in enumerate(planted_sequences(users=50).items)))
     refused = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--split", "val"])
     assert refused.exit_code == 2 and "refit" in refused.output
+    # the same checkpoint twice is an ensemble of two identical members: the same metrics as one
+    one = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--json"])
+    two = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--model", str(best), "--json"])
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    one, two = json.loads(one.output), json.loads(two.output)
+    assert len(two["ensemble"]) == 2 and "ensemble of 2" in two["protocol"]
+    assert two["metrics"] == pytest.approx(one["metrics"])
 
 
 class FixedScores(torch.nn.Module):
@@ -218,6 +225,31 @@ class FixedScores(torch.nn.Module):
 
     def forward(self, items, channels, types):
         return None, self.scores.expand(len(items), -1)
+
+
+def test_ensemble_ranks_by_mean_log_probability():
+    from training.recommender.train import Ensemble
+
+    class Member(FixedScores):
+        num_items = 3
+
+    # items 1..3. One member prefers item 1, the other item 2, both rank item 3 a close second: the mean of
+    # their log-softmax puts the item they agree on first (-1.055 against -1.555 for items 1 and 2).
+    a, b = Member([[0.0, 2.0, 0.0, 1.5]]), Member([[0.0, 0.0, 2.0, 1.5]])
+    seqs = Sequences([np.array([3, 3, 3])], 3)  # test target 3; items 1 and 2 are not in the history
+    ensemble = Ensemble([a, b])
+    _, scores = ensemble(torch.zeros(1, 10, dtype=torch.long), None, None)
+    assert scores[0, 0] == float("-inf") and scores[0, 1:].argmax().item() + 1 == 3
+    expected = (torch.log_softmax(a.scores[:, 1:], 1) + torch.log_softmax(b.scores[:, 1:], 1)) / 2
+    assert torch.allclose(scores[:, 1:], expected)
+    assert evaluate(ensemble, seqs, "test")["ndcg@5"] == pytest.approx(1.0)
+    assert evaluate(a, seqs, "test")["ndcg@5"] == pytest.approx(1 / np.log2(3))  # alone, item 1 outranks it
+
+    class Wider(FixedScores):
+        num_items = 4
+
+    with pytest.raises(ValueError, match="vocabulary"):
+        Ensemble([a, Wider([[0.0] * 5])])
 
 
 def test_metrics_on_a_toy_case_with_known_answers():

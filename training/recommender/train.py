@@ -172,6 +172,28 @@ def evaluate(model: SequenceRecommender, seqs: Sequences, split: str, batch: int
     return out
 
 
+class Ensemble(torch.nn.Module):
+    """Several recommenders trained alike with different seeds, scored as the mean of their log-probabilities.
+
+    Members trained from different seeds err on different shoppers; averaging log-softmax (not raw dot
+    products, whose scale differs per member) is the usual way to combine full-softmax models.
+    """
+
+    def __init__(self, members: list[SequenceRecommender]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if len({m.num_items for m in members}) != 1 or len({m.max_len for m in members}) != 1:
+            raise ValueError("ensemble members must share the item vocabulary and the history length")
+        self.members = torch.nn.ModuleList(members)
+        self.num_items, self.max_len = members[0].num_items, members[0].max_len
+
+    def forward(self, items: torch.Tensor, channels: torch.Tensor, types: torch.Tensor):
+        scores = [F.log_softmax(member(items, channels, types)[1][:, 1:], dim=1) for member in self.members]
+        mean = torch.stack(scores).mean(dim=0)
+        return None, F.pad(mean, (1, 0), value=float("-inf"))  # column 0 is padding, never an answer
+
+
 def build(config: RecommenderConfig, num_items: int) -> SequenceRecommender:
     return SequenceRecommender(num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout)
 
