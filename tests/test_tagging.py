@@ -99,6 +99,31 @@ def test_stopped_run_leaves_valid_output_and_resumes(folder, tmp_path, embedder)
     assert final[PHOTOS[0].name]["duplicate_group"] == final["nested/copy-of-first.jpg"]["duplicate_group"] != ""
 
 
+def test_stop_while_decoding_runs_ahead_returns_and_frees_shared_memory(tmp_path, embedder):
+    # 60 photos, batches of 4: more photos than pixel slots (32), so the pool's feeder is waiting for a
+    # free slot when the stop comes; the run must still return, and leave no shared memory behind.
+    import threading
+    from pathlib import Path
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(60):
+        shutil.copy(PHOTOS[i % len(PHOTOS)], root / f"{i:02d}.jpg")
+    items, out = list_items(root), tmp_path / "tags.csv"
+    shm = Path("/dev/shm")
+    before = set(shm.iterdir()) if shm.is_dir() else set()
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("summary", Tagger(embedder, options=TagOptions(batch=4)).run(
+        items, out, should_stop=lambda: True)))
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the stopped run did not return"
+    assert 4 <= result["summary"].tagged_now < len(items)
+    assert (set(shm.iterdir()) if shm.is_dir() else set()) == before
+    summary = Tagger(embedder, options=TagOptions(batch=4)).run(items, out)  # resumes to the end
+    assert summary.done == len(items) and len(read_csv(out)) == len(items)
+
+
 def test_state_refuses_another_input(folder, tmp_path, embedder):
     out = tmp_path / "tags.csv"
     tagger = Tagger(embedder, options=TagOptions(batch=32))
