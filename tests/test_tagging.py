@@ -100,8 +100,9 @@ def test_stopped_run_leaves_valid_output_and_resumes(folder, tmp_path, embedder)
 
 
 def test_stop_while_decoding_runs_ahead_returns_and_frees_shared_memory(tmp_path, embedder):
-    # 60 photos, batches of 4: more photos than pixel slots (32), so the pool's feeder is waiting for a
-    # free slot when the stop comes; the run must still return, and leave no shared memory behind.
+    # 60 photos, batches of 4, at most 32 decoded ahead (one worker, 16 photos per pool message): the pool's
+    # feeder is waiting for a free pixel slot when the stop comes; the run must still return, and leave no
+    # shared memory behind.
     import threading
     from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_stop_while_decoding_runs_ahead_returns_and_frees_shared_memory(tmp_path
     shm = Path("/dev/shm")
     before = set(shm.iterdir()) if shm.is_dir() else set()
     result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("summary", Tagger(embedder, options=TagOptions(batch=4)).run(
+    runner = threading.Thread(target=lambda: result.setdefault("summary", Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(
         items, out, should_stop=lambda: True)))
     runner.start()
     runner.join(timeout=120)
