@@ -173,10 +173,11 @@ def evaluate(model: SequenceRecommender, seqs: Sequences, split: str, batch: int
 
 
 class Ensemble(torch.nn.Module):
-    """Several recommenders trained alike with different seeds, scored as the mean of their log-probabilities.
+    """Several recommenders of one architecture on one item vocabulary (other seeds, other regulariser
+    weights), scored as the mean of their log-probabilities.
 
-    Members trained from different seeds err on different shoppers; averaging log-softmax (not raw dot
-    products, whose scale differs per member) is the usual way to combine full-softmax models.
+    Members that differ err on different shoppers; averaging log-softmax (not raw dot products, whose scale
+    differs per member) is the usual way to combine full-softmax models.
     """
 
     def __init__(self, members: list[SequenceRecommender]):
