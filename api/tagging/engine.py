@@ -366,7 +366,11 @@ class Tagger:
         chunk = 16  # photos per pool message: fewer wake-ups of the main process (0.3 -> 0.2 ms CPU per photo vs 4)
         slots = PixelSlots(max(options.read_ahead, 2 * options.workers * chunk), (spec.size, spec.size, 3))
         ctx = multiprocessing.get_context(self.start_method)
-        pool = ctx.Pool(options.workers, _init_worker, (spec, self.limits, options, slots.memory.name, slots.shape))
+        try:
+            pool = ctx.Pool(options.workers, _init_worker, (spec, self.limits, options, slots.memory.name, slots.shape))
+        except BaseException:
+            slots.close()  # no worker started: nothing else would unlink the shared memory
+            raise
         embedding = ThreadPoolExecutor(self.embed_concurrency, thread_name_prefix="tag-embed")
         in_flight: deque = deque()  # (batch, rows of photos that did not decode, future of its embeddings)
 
