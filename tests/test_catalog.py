@@ -181,6 +181,30 @@ def test_hnsw_filter_and_tombstones_together():
         assert set(ids) <= {4, 5} and len(ids) == 2
 
 
+def test_every_searching_thread_runs_faiss_on_one_openmp_thread():
+    """The API searches from worker threads; an OpenMP team left behind in one spins after each search and
+    slows the next request's model run (omp_set_num_threads binds only the thread that calls it)."""
+    import threading
+
+    import faiss
+
+    index = FaissIndex(16)
+    index.rebuild([(np.arange(20, dtype=np.int64), unit(20, 16))])
+    seen = {}
+
+    def worker():
+        seen["before"] = faiss.omp_get_max_threads()
+        index.search(unit(1, 16)[0], 3)
+        seen["after"] = faiss.omp_get_max_threads()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    if seen["before"] == 1:
+        pytest.skip("one core: OpenMP already runs one thread")
+    assert seen["after"] == 1
+
+
 # -- ranking: category heads + embedding ----------------------------------------------------------
 
 def _fused_setup(service, fine_known: str):

