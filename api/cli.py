@@ -129,15 +129,19 @@ def export_onnx(
     input_size: Annotated[Optional[int], typer.Option(min=32, help="serving resolution of a fine-tuned model (default: the backbone's); choose it on --split val")] = None,
     crop_pct: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="centre-crop fraction at serving (default: the backbone's)")] = None,
     coarse_from_fine: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of the summed fine probabilities in coarse_probs (fine-tuned model)")] = 0.0,
+    gallery_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of the vote of the nearest training photos in both category outputs (fine-tuned model; 0 = heads alone)")] = 0.0,
+    gallery_k: Annotated[int, typer.Option(min=1, help="training photos that vote")] = 1,
+    gallery_temperature: Annotated[float, typer.Option(min=1e-3, help="softmax temperature of their cosine similarities")] = 0.05,
 ) -> None:
     """Export a product model to ONNX with its manifest (needs the train extras)."""
     queries = queries if queries and queries.exists() else None
     if checkpoint is not None:
         _export_checkpoint(checkpoint, out, queries, input_size=input_size, crop_pct=crop_pct,
-                           coarse_from_fine=coarse_from_fine, export_command=_command_line())
+                           coarse_from_fine=coarse_from_fine, export_command=_command_line(),
+                           gallery_weight=gallery_weight, gallery_k=gallery_k, gallery_temperature=gallery_temperature)
         return
-    if (input_size, crop_pct, coarse_from_fine) != (None, None, 0.0):
-        typer.echo("error: --input-size, --crop-pct and --coarse-from-fine apply to a fine-tuned --checkpoint", err=True)
+    if (input_size, crop_pct, coarse_from_fine, gallery_weight) != (None, None, 0.0, 0.0):
+        typer.echo("error: --input-size, --crop-pct, --coarse-from-fine and --gallery-weight apply to a fine-tuned --checkpoint", err=True)
         raise typer.Exit(2)
     try:
         from vision.export import export_pretrained

@@ -226,3 +226,55 @@ def test_export_at_a_chosen_resolution_with_coarse_from_fine(tiny_folder, tmp_pa
         summed[:, c] += fine[:, f]
     np.testing.assert_allclose(coarse, 0.5 * head + 0.5 * summed, atol=1e-5)
     assert coarse.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_export_with_the_training_photos_as_a_voting_gallery(tiny_folder, tmp_path):
+    """fine_probs = (1 - w) x head + w x the softmax-weighted labels of the k nearest training photos,
+    recomputed here from the checkpoint's own embeddings; a training photo's nearest is itself."""
+    import onnxruntime as ort
+
+    from training.export import export_trained
+    from vision.export import embed_paths
+    from vision.preprocess import load_image
+
+    best = train(_config(tiny_folder, tmp_path / "run", epochs=1))
+    manifest = export_trained(best, tmp_path / "model", log=lambda m: None, gallery_weight=0.5, gallery_k=3,
+                              gallery_temperature=0.1)
+    assert "nearest of the" in manifest.heads and manifest.metrics["parity_min_cosine"] >= 0.9999
+    session = ort.InferenceSession(str(tmp_path / "model" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    model, state = load_checkpoint(best)  # the heads alone
+    model.eval()
+    spec = manifest.input.spec()
+    train_set = load_photos(tiny_folder, "train")
+    reference = embed_paths(model, [p.path for p in train_set.photos], spec).numpy()
+    labels = np.array([p.fine for p in train_set.photos])
+    photos = [p.path for p in load_photos(tiny_folder, "val").photos[:4]] + [train_set.photos[0].path]
+    pixels = np.stack([load_image(p.read_bytes(), spec) for p in photos])
+    _, fine, coarse = session.run(None, {"pixels": pixels})
+    with torch.no_grad():
+        embedding, head_fine, head_coarse = (t.numpy() for t in model(torch.from_numpy(pixels.copy())))
+
+    similarity = embedding @ reference.T
+    vote = np.zeros_like(head_fine)
+    for i, row in enumerate(similarity):
+        nearest = np.argsort(-row)[:3]
+        share = np.exp(row[nearest] / 0.1)
+        np.add.at(vote[i], labels[nearest], share / share.sum())
+    np.testing.assert_allclose(fine, 0.5 * head_fine + 0.5 * vote, atol=1e-4)
+    to_coarse = np.zeros((len(state["fine_labels"]), len(state["coarse_labels"])))
+    to_coarse[np.arange(len(state["fine_to_coarse"])), state["fine_to_coarse"]] = 1
+    np.testing.assert_allclose(coarse, 0.5 * head_coarse + 0.5 * vote @ to_coarse, atol=1e-4)
+    assert vote[-1, train_set.photos[0].fine] >= vote[-1].max() - 1e-6  # the training photo votes for itself
+    np.testing.assert_allclose(fine.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_gallery_vote_weights_the_nearest_photos_by_softmax():
+    from training.select_gallery import vote
+
+    similarity = np.array([[0.9, 0.1, 0.8, 0.0]])  # reference photos labelled 0, 1, 1, 2
+    labels = np.array([0, 1, 1, 2])
+    np.testing.assert_allclose(vote(similarity, labels, 3, 1, 0.1), [[1, 0, 0]])
+    share = np.exp(np.array([0.9, 0.8]) / 0.1)
+    np.testing.assert_allclose(vote(similarity, labels, 3, 2, 0.1), [[share[0] / share.sum(), share[1] / share.sum(), 0]])
+    np.testing.assert_allclose(vote(similarity, labels, 3, 4, 100.0).sum(), 1.0)

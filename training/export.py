@@ -8,8 +8,9 @@ from pathlib import Path
 from training.data import load_photos
 from training.vision import TrainConfig, load_checkpoint
 from vision.backbones import REGISTRY
-from vision.export import write_model
+from vision.export import embed_paths, write_model
 from vision.manifest import InputConfig, ModelManifest
+from vision.preprocess import InputSpec
 
 
 def export_trained(
@@ -22,6 +23,9 @@ def export_trained(
     crop_pct: float | None = None,
     coarse_from_fine: float = 0.0,
     export_command: str | None = None,
+    gallery_weight: float = 0.0,
+    gallery_k: int = 1,
+    gallery_temperature: float = 0.05,
 ) -> ModelManifest:
     """Write `out_dir/1/model.onnx` + `manifest.json` for a `best.pt`, with its validation figures, the
     exact training command and a checksum of the training data.
@@ -31,7 +35,9 @@ def export_trained(
     so serving it at a somewhat higher resolution than it was trained at often classifies better (Touvron
     et al., FixRes, 2019); choose it with `seesku eval vision --split val`. `coarse_from_fine`: see
     `ProductModel.set_hierarchy`. The manifest's `val_*` metrics stay those of training (training resolution,
-    coarse head alone); `seesku eval vision` measures the exported graph as served. `export_command` (the export's own command line) is appended to the
+    coarse head alone); `seesku eval vision` measures the exported graph as served. `gallery_weight` > 0 bakes
+    the training photos into the graph as reference photos: see `ProductModel.set_gallery`; only the train
+    split is ever used, so validation and test photos stay unseen. `export_command` (the export's own command line) is appended to the
     training command in the manifest, so the served graph can be reproduced from it."""
     model, state = load_checkpoint(checkpoint)
     config = TrainConfig(**state["config"])
@@ -44,6 +50,17 @@ def export_trained(
         heads += f"; coarse_probs = {1 - coarse_from_fine:g} x coarse head + {coarse_from_fine:g} x fine_probs summed per coarse category"
     data = Path(data or config.data)
     train_set = load_photos(data, "train")
+    if gallery_weight > 0:
+        spec = InputSpec(model.input_size, crop_pct or cfg.crop_pct)
+        log(f"embedding the {len(train_set)} training photos as the reference gallery")
+        model.eval()
+        reference = embed_paths(model, [p.path for p in train_set.photos], spec)
+        position = {name: i for i, name in enumerate(state["fine_labels"])}
+        labels = [position[train_set.fine_labels[p.fine]] for p in train_set.photos]
+        model.set_gallery(reference, labels, gallery_k, gallery_temperature, gallery_weight)
+        heads += (f"; then fine_probs and coarse_probs = {1 - gallery_weight:g} x those + {gallery_weight:g} x the vote of "
+                  f"the {model.gallery_k} nearest of the {len(train_set)} training photos (softmax of cosine / "
+                  f"{gallery_temperature:g})")
     log("checksumming the training data")
     best = max(state["history"], key=lambda r: r.get("val_fine_top1", 0.0))
     metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
