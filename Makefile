@@ -53,7 +53,7 @@ bench: $(VENV)/.dev $(VENV)/.triton
 	$(BIN)/python bench/load.py | tee bench/results/load.json
 	$(BIN)/python bench/tagging.py | tee bench/results/tagging.json
 	$(BIN)/python bench/fusion.py | tee bench/results/fusion.json  # needs ../shared/data/grocery_store
-	$(BIN)/python bench/triton.py | tee bench/results/triton.json
+	$(BIN)/python bench/triton_vs_onnx.py | tee bench/results/triton.json
 
 export-onnx: $(VENV)/.dev
 	$(BIN)/seesku export-onnx

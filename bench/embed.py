@@ -1,12 +1,17 @@
 """Images/s of the product model: torch eager vs in-process ONNX Runtime, batch 1 and 16, in one run.
 
-    python bench/embed.py [--repeats N]
+    python bench/embed.py [--repeats N] [--rounds R] [--model DIR]   # DIR: an exported model folder (default: the served one)
+
+The torch side is the same architecture (backbone, projection, heads) with untrained heads: the speed, not
+the answers, is compared. A graph with a voting gallery (export-onnx --gallery-weight) carries one extra
+matrix product that the torch side lacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import numpy as np
 from common import MODEL_DIR, QUERY_PHOTOS, emit, median_ms
@@ -18,18 +23,21 @@ from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds; the medians of the rounds are compared")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR)
     args = parser.parse_args()
 
     import torch
 
     from vision.model import ProductModel
 
-    manifest = ModelManifest.load(MODEL_DIR)
+    manifest = ModelManifest.load(args.model)
     photos = [load_image(p.read_bytes(), manifest.input.spec()) for p in QUERY_PHOTOS]
-    onnx = OnnxRuntimeEmbedder(MODEL_DIR)
+    onnx = OnnxRuntimeEmbedder(args.model)
     onnx.load()
-    model = ProductModel(manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels)).eval()
+    projected = manifest.embedding_dim if manifest.data_checksum else None  # fine-tuned: a projection; untrained: none
+    model = ProductModel(manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels), embedding_dim=projected).eval()
 
     result = {"bench": "embed", "model": f"{manifest.model_id}:{manifest.version}", "torch_threads": torch.get_num_threads()}
     for batch in (1, 16):
@@ -43,7 +51,7 @@ def main() -> None:
 
         # Interleaved rounds, so the shared machine's noise hits both runtimes alike.
         torch_rounds, onnx_rounds = [], []
-        for _ in range(5):
+        for _ in range(args.rounds):
             torch_rounds.append(median_ms(run_torch, repeats, warmup=1))
             onnx_rounds.append(median_ms(lambda: onnx.embed(pixels), repeats, warmup=1))
         torch_ms, onnx_ms = statistics.median(torch_rounds), statistics.median(onnx_rounds)

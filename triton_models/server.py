@@ -5,7 +5,7 @@ backend embedder (product_embedder_py: ONNX Runtime inside) is served under the 
 beside `preprocess` and the `recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
 serves this folder as it is with the official Triton image (see deploy/).
 
-Used by `seesku triton serve`, the tests' session fixture and bench/triton.py.
+Used by `seesku triton serve`, the tests' session fixture and bench/triton_vs_onnx.py.
 """
 
 from __future__ import annotations

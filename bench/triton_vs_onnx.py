@@ -6,7 +6,7 @@ numbers are the embedder's alone: in-process `OnnxRuntimeEmbedder.embed` from C 
 batching) from C threads. The two runtimes alternate round by round so the shared machine's noise falls on
 both; medians over the rounds are reported.
 
-    python bench/triton.py [--rounds 7] [--requests 128]  > bench/results/triton.json
+    python bench/triton_vs_onnx.py [--rounds 7] [--requests 128]  > bench/results/triton.json
 """
 
 from __future__ import annotations
