@@ -2,9 +2,8 @@
 
     python bench/embed.py [--repeats N] [--rounds R] [--model DIR]   # DIR: an exported model folder (default: the served one)
 
-The torch side is the same architecture (backbone, projection, heads) with untrained heads: the speed, not
-the answers, is compared. A graph with a voting gallery (export-onnx --gallery-weight) carries one extra
-matrix product that the torch side lacks.
+The torch side is the same architecture (backbone, projection, heads, and a voting gallery of the same size
+when the graph has one) with untrained weights: the speed, not the answers, is compared.
 """
 
 from __future__ import annotations
@@ -38,6 +37,11 @@ def main() -> None:
     onnx.load()
     projected = manifest.embedding_dim if manifest.data_checksum else None  # fine-tuned: a projection; untrained: none
     model = ProductModel(manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels), embedding_dim=projected).eval()
+    if manifest.gallery:  # the same extra work as the graph's voting gallery (random photos: speed, not answers)
+        g = manifest.gallery
+        model.set_hierarchy(manifest.fine_to_coarse, 0.0)
+        model.set_gallery(torch.randn(g.photos, model.embedding_dim), [i % len(manifest.fine_labels) for i in range(g.photos)],
+                          g.k, g.temperature, g.weight)
 
     result = {"bench": "embed", "model": f"{manifest.model_id}:{manifest.version}", "torch_threads": torch.get_num_threads()}
     for batch in (1, 16):

@@ -241,6 +241,7 @@ def test_export_with_the_training_photos_as_a_voting_gallery(tiny_folder, tmp_pa
     manifest = export_trained(best, tmp_path / "model", log=lambda m: None, gallery_weight=0.5, gallery_k=3,
                               gallery_temperature=0.1)
     assert "nearest of the" in manifest.heads and manifest.metrics["parity_min_cosine"] >= 0.9999
+    assert (manifest.gallery.photos, manifest.gallery.k, manifest.gallery.weight) == (len(load_photos(tiny_folder, "train")), 3, 0.5)
     session = ort.InferenceSession(str(tmp_path / "model" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
 
     model, state = load_checkpoint(best)  # the heads alone

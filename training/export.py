@@ -9,7 +9,7 @@ from training.data import load_photos
 from training.vision import TrainConfig, load_checkpoint
 from vision.backbones import REGISTRY
 from vision.export import embed_paths, write_model
-from vision.manifest import InputConfig, ModelManifest
+from vision.manifest import GalleryConfig, InputConfig, ModelManifest
 from vision.preprocess import InputSpec
 
 
@@ -50,6 +50,7 @@ def export_trained(
         heads += f"; coarse_probs = {1 - coarse_from_fine:g} x coarse head + {coarse_from_fine:g} x fine_probs summed per coarse category"
     data = Path(data or config.data)
     train_set = load_photos(data, "train")
+    gallery = None
     if gallery_weight > 0:
         spec = InputSpec(model.input_size, crop_pct or cfg.crop_pct)
         log(f"embedding the {len(train_set)} training photos as the reference gallery")
@@ -58,6 +59,7 @@ def export_trained(
         position = {name: i for i, name in enumerate(state["fine_labels"])}
         labels = [position[train_set.fine_labels[p.fine]] for p in train_set.photos]
         model.set_gallery(reference, labels, gallery_k, gallery_temperature, gallery_weight)
+        gallery = GalleryConfig(photos=len(labels), k=model.gallery_k, temperature=gallery_temperature, weight=gallery_weight)
         heads += (f"; then fine_probs and coarse_probs = {1 - gallery_weight:g} x those + {gallery_weight:g} x the vote of "
                   f"the {model.gallery_k} nearest of the {len(train_set)} training photos (softmax of cosine / "
                   f"{gallery_temperature:g})")
@@ -82,6 +84,7 @@ def export_trained(
         command=" && ".join(filter(None, [state.get("command") or _train_command(config), export_command])),
         data_checksum=train_set.checksum(),
         training=state["history"],
+        gallery=gallery,
     )
     check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
     return write_model(model, manifest, out_dir, check, queries_csv, log)

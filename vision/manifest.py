@@ -32,6 +32,17 @@ class InputConfig(BaseModel):
         return InputSpec(size=self.size, crop_pct=self.crop_pct, interpolation=self.interpolation)
 
 
+class GalleryConfig(BaseModel):
+    """Reference photos baked into the graph whose vote is blended into the category outputs
+    (`ProductModel.set_gallery`)."""
+
+    split: str = "train"
+    photos: int
+    k: int
+    temperature: float
+    weight: float
+
+
 class ModelManifest(BaseModel):
     model_id: str
     version: str
@@ -48,6 +59,7 @@ class ModelManifest(BaseModel):
     command: str = Field("", description="the command that produced this model")
     data_checksum: str = Field("", description="sha256 over the training photos and labels (empty: untrained heads)")
     training: list[dict] = Field([], description="per-epoch training record of a fine-tuned model")
+    gallery: GalleryConfig | None = Field(None, description="the voting reference photos in the graph, if any")
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "ModelManifest":
