@@ -10,7 +10,6 @@ from training.vision import TrainConfig, load_checkpoint
 from vision.backbones import REGISTRY
 from vision.export import embed_paths, write_model
 from vision.manifest import GalleryConfig, InputConfig, ModelManifest
-from vision.preprocess import InputSpec
 
 
 def export_trained(
@@ -51,8 +50,9 @@ def export_trained(
     data = Path(data or config.data)
     train_set = load_photos(data, "train")
     gallery = None
+    serving_input = InputConfig(size=model.input_size, crop_pct=crop_pct or cfg.crop_pct, mean=cfg.mean, std=cfg.std)
     if gallery_weight > 0:
-        spec = InputSpec(model.input_size, crop_pct or cfg.crop_pct)
+        spec = serving_input.spec()
         log(f"embedding the {len(train_set)} training photos as the reference gallery")
         model.eval()
         reference = embed_paths(model, [p.path for p in train_set.photos], spec)
@@ -75,7 +75,7 @@ def export_trained(
         source_weights=f"{cfg.source} (ImageNet-1k), fine-tuned on {train_set.source} "
                        f"({len(train_set)} photos + {len(train_set.iconic)} catalogue photos)",
         heads=heads,
-        input=InputConfig(size=model.input_size, crop_pct=crop_pct or cfg.crop_pct, mean=cfg.mean, std=cfg.std),
+        input=serving_input,
         embedding_dim=model.embedding_dim,
         fine_labels=state["fine_labels"],
         coarse_labels=state["coarse_labels"],
