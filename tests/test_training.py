@@ -230,10 +230,12 @@ def test_export_at_a_chosen_resolution_with_coarse_from_fine(tiny_folder, tmp_pa
 
 def test_export_with_the_training_photos_as_a_voting_gallery(tiny_folder, tmp_path):
     """fine_probs = (1 - w) x head + w x the softmax-weighted labels of the k nearest training photos,
-    recomputed here from the checkpoint's own embeddings; a training photo's nearest is itself."""
+    recomputed here in numpy (the vote training.select_gallery chooses with) from the checkpoint's own
+    embeddings; a training photo's nearest is itself."""
     import onnxruntime as ort
 
     from training.export import export_trained
+    from training.select_gallery import vote as gallery_vote
     from vision.export import embed_paths
     from vision.preprocess import load_image
 
@@ -256,12 +258,7 @@ def test_export_with_the_training_photos_as_a_voting_gallery(tiny_folder, tmp_pa
     with torch.no_grad():
         embedding, head_fine, head_coarse = (t.numpy() for t in model(torch.from_numpy(pixels.copy())))
 
-    similarity = embedding @ reference.T
-    vote = np.zeros_like(head_fine)
-    for i, row in enumerate(similarity):
-        nearest = np.argsort(-row)[:3]
-        share = np.exp(row[nearest] / 0.1)
-        np.add.at(vote[i], labels[nearest], share / share.sum())
+    vote = gallery_vote(embedding @ reference.T, labels, head_fine.shape[1], 3, 0.1)  # its own known-answer test below
     np.testing.assert_allclose(fine, 0.5 * head_fine + 0.5 * vote, atol=1e-4)
     to_coarse = np.zeros((len(state["fine_labels"]), len(state["coarse_labels"])))
     to_coarse[np.arange(len(state["fine_to_coarse"])), state["fine_to_coarse"]] = 1
