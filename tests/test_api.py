@@ -74,6 +74,26 @@ def test_search_form_fields(sample_client):
     assert len(matches) == 2 and all(m["category"]["coarse"] == "Tomato" for m in matches)
 
 
+def test_search_options_query_wins_and_each_bad_one_is_named(sample_client):
+    """The route validates its options itself (api.routers.search.search_params): the query string beats a
+    form field, and every bad option is reported with where it came from."""
+    resp = sample_client.post("/v1/search?k=1", files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
+                              data={"k": "4"})
+    assert resp.status_code == 200 and len(resp.json()["matches"]) == 1
+    resp = sample_client.post("/v1/search?k=abc", files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
+                              data={"personal_weight": "11"}, headers={"X-Channel": "fax"})
+    error = assert_error(resp, 422, "validation_error")
+    assert error["message"].startswith("query.k: ")
+    assert [d["loc"] for d in error["details"]] == [["query", "k"], ["body", "personal_weight"], ["header", "x-channel"]]
+    # ... and the OpenAPI document still lists them, with the limits the route enforces
+    operation = sample_client.get("/openapi.json").json()["paths"]["/v1/search"]["post"]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert set(params) == {"k", "category", "user_id", "personal_weight", "x-channel"}
+    assert params["k"]["schema"]["maximum"] == 100 and params["x-channel"]["in"] == "header"
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert set(form) == {"image", "k", "category", "user_id", "personal_weight"}
+
+
 def test_search_category_filter_fine(sample_client):
     resp = search(sample_client, QUERY.read_bytes(), category="Granny-Smith")
     assert [m["product_id"] for m in resp.json()["matches"]] == ["Granny-Smith"]
