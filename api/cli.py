@@ -106,14 +106,14 @@ def search(
     category: Annotated[Optional[str], typer.Option(help="fine or coarse category filter")] = None,
 ) -> None:
     """Search the catalogue in the data dir with a photo; prints the API's JSON answer."""
-    from api.routers.search import to_response
+    from api.routers.search import search_answer
     from api.schemas import Channel
 
     settings = Settings()
     service = _service(settings)
     try:
         result = service.search(photo.read_bytes(), k, category)
-        typer.echo(to_response(result, service, Channel.batch).model_dump_json(indent=2))
+        typer.echo(json.dumps(search_answer(result, service, Channel.batch), indent=2))
     finally:
         service.close()
 

@@ -5,6 +5,7 @@ import io
 import pytest
 from PIL import Image
 
+from api.schemas import SearchResponse
 from tests.conftest import SAMPLES
 from tests.images import SAMPLE_PHOTO, encode, noise, png_claiming
 
@@ -30,6 +31,7 @@ def test_search_contract(sample_client):
     resp = search(sample_client, QUERY.read_bytes(), k=5)
     assert resp.status_code == 200, resp.text
     body = resp.json()
+    SearchResponse.model_validate(body)  # the route builds plain JSON values: they must keep to the contract
     assert set(body) == {"matches", "categories", "timings_ms", "model", "channel"}
     assert len(body["matches"]) == 5
     first = body["matches"][0]
