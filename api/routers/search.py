@@ -30,7 +30,8 @@ class SearchParams(BaseModel):
 
 
 PARAM_SCHEMAS = SearchParams.model_json_schema()["properties"]
-CHANNEL_SCHEMA = {"type": "string", "enum": [c.value for c in Channel], "default": Channel.api.value}
+CHANNELS = [c.value for c in Channel]
+CHANNEL_SCHEMA = {"type": "string", "enum": CHANNELS, "default": Channel.api.value}
 SEARCH_OPENAPI = {
     "parameters": [
         *({"name": name, "in": "query", "required": False, "description": schema["description"], "schema": schema}
@@ -76,9 +77,9 @@ def search_params(request: Request, fields: dict[str, str]) -> tuple[SearchParam
     except ValidationError as exc:
         errors += [{"loc": [where[e["loc"][0]], *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     channel = request.headers.get("x-channel", Channel.api.value)
-    if channel not in Channel._value2member_map_:
+    if channel not in CHANNELS:
         errors.append({"loc": ["header", "x-channel"], "type": "enum",
-                       "msg": f"Input should be {', '.join(repr(c.value) for c in Channel)}"})
+                       "msg": f"Input should be one of {', '.join(map(repr, CHANNELS))}"})
     if errors:
         raise validation_error(errors)
     return params, Channel(channel)
