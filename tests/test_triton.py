@@ -39,13 +39,13 @@ def test_triton_outputs_equal_in_process_onnxruntime(triton_server, local, photo
     assert isinstance(remote, TritonEmbedder)
     try:
         assert remote.health() is None and remote.loaded
-        # One call of 70 photos: more than the model's max batch (64), so the embedder splits it.
-        batch = np.concatenate([photos] * 7)
-        got, want = remote.embed(batch), local.embed(batch)
-        cosine = (got.embedding * want.embedding).sum(1)
-        assert got.embedding.shape == (70, 512) and cosine.min() >= 0.9999
-        np.testing.assert_allclose(got.fine_probs, want.fine_probs, atol=1e-4)
-        np.testing.assert_allclose(got.coarse_probs, want.coarse_probs, atol=1e-4)
+        # 70 photos: more than the model's max batch (64), so the embedder sends 64 + 6; and one photo alone.
+        for batch in (np.concatenate([photos] * 7), photos[:1]):
+            got, want = remote.embed(batch), local.embed(batch)
+            cosine = (got.embedding * want.embedding).sum(1)
+            assert got.embedding.shape == (len(batch), 512) and cosine.min() >= 0.9999
+            np.testing.assert_allclose(got.fine_probs, want.fine_probs, atol=1e-4)
+            np.testing.assert_allclose(got.coarse_probs, want.coarse_probs, atol=1e-4)
         with pytest.raises(ValueError, match="expected uint8"):
             remote.embed(batch.astype(np.float32))
     finally:
