@@ -7,6 +7,7 @@ import pytest
 
 from api.settings import REPO_ROOT
 from tests.conftest import SAMPLES
+from training.compare import compare, read_predictions
 from training.evaluate import evaluate, write_report
 
 MODEL = REPO_ROOT / "triton_models" / "product_embedder"
@@ -47,6 +48,29 @@ def test_evaluate_writes_results_figure_and_report(sample_csv, tmp_path):
     per_class = list(csv.DictReader(open(tmp_path / "per_class" / "shipped-val.csv")))
     assert [r["class"] for r in per_class] == PRODUCTS + ["Mystery-Product"]
 
+    per_photo = list(csv.DictReader(open(tmp_path / "per_photo" / "shipped-val.csv")))
+    assert [r["fine"] for r in per_photo] == PRODUCTS + ["Mystery-Product"]
+    known = [r for r in per_photo if r["fine"] in PRODUCTS]
+    assert sum(r["fine_predicted"] == r["fine"] for r in known) / len(known) == metrics["fine_top1"]
+    assert per_photo[-1]["fine_predicted"] != "Mystery-Product"  # not a class the heads know
+
     report = write_report(tmp_path).read_text()
     assert "shipped (val, 5 photos)" in report
     assert "| photo-to-catalogue R@1 (iconic gallery, embedding only) | 100.0 % |" in report
+
+
+def test_compare_pairs_two_runs_photo_by_photo(tmp_path):
+    header = "photo,fine,fine_predicted,coarse,coarse_predicted\n"
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    # 8 photos: A and B both right on 1, only B right on 6 (fine); coarse identical
+    a.write_text(header + "".join(f"p{i}.jpg,X,{'X' if i == 0 else 'Y'},C,C\n" for i in range(8)))
+    b.write_text(header + "".join(f"p{i}.jpg,X,{'X' if i < 7 else 'Y'},C,C\n" for i in range(8)))
+    result = compare(read_predictions(a), read_predictions(b))
+    assert result["photos"] == 8
+    assert result["fine"] == {"accuracy_a": 0.125, "accuracy_b": 0.875, "only_a_right": 0, "only_b_right": 6,
+                              "mcnemar_p": 0.0312}
+    assert result["coarse"]["mcnemar_p"] == 1.0 and result["coarse"]["only_a_right"] == 0
+    b.write_text(header + "other.jpg,X,X,C,C\n")
+    with pytest.raises(ValueError, match="different photos"):
+        compare(read_predictions(a), read_predictions(b))

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from training.data import load_photos
-from training.metrics import confusion_matrix, nearest_neighbour_accuracy, per_class_accuracy, recall_at_k, topk_accuracy
+from training.metrics import (
+    confusion_matrix, mcnemar_exact, nearest_neighbour_accuracy, per_class_accuracy, recall_at_k, topk_accuracy,
+)
 from training.vision import TrainConfig, load_checkpoint, pk_batches, supcon_loss, train
 
 COLOURS = {"red-apple": (200, 30, 30), "green-pear": (40, 180, 60), "blue-carton": (40, 60, 200)}
@@ -119,6 +121,13 @@ def test_confusion_and_per_class():
     assert counts.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 0]]
     accuracy = per_class_accuracy(counts)
     assert accuracy[0] == pytest.approx(0.5) and accuracy[1] == pytest.approx(2 / 3) and np.isnan(accuracy[2])
+
+
+def test_mcnemar_exact_on_known_splits():
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # all 6 discordant photos one way: 2 x 0.5^6
+    assert mcnemar_exact(1, 5) == pytest.approx(2 * (1 + 6) / 64)
+    assert mcnemar_exact(4, 4) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(2, 9) == mcnemar_exact(9, 2)
 
 
 def test_supcon_is_low_for_clustered_and_high_for_mixed_embeddings():

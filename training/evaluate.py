@@ -2,7 +2,7 @@
 
 The photos go through `vision.preprocess.load_image` and the model through the service's ONNX Runtime
 embedder, so the figures are those of the shipped graph, not of a torch model that might differ from it.
-Each run writes `results/<model>-<split>.json`, `per_class/<model>-<split>.csv` and
+Each run writes `results/<model>-<split>.json`, `per_class/<model>-<split>.csv`, `per_photo/<model>-<split>.csv` and
 `figures/<model>-<split>-confusion.png` under the output folder; the report is re-rendered from every
 stored result, so the baseline and the fine-tuned model sit side by side without being re-run.
 """
@@ -138,6 +138,9 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
     accuracy = per_class_accuracy(counts)
     stem = f"{_slug(name)}-{split}"
     _write_per_class(out / "per_class" / f"{stem}.csv", photos.fine_labels, counts, accuracy)
+    coarse_to_dataset = {m: d for d, m in enumerate(coarse_map) if m >= 0}
+    coarse_predicted = np.array([coarse_to_dataset.get(int(i), -1) for i in coarse_probs.argmax(axis=1)])
+    _write_per_photo(out / "per_photo" / f"{stem}.csv", data, photos, predicted, coarse_predicted)
     figure = _plot_confusion(out / "figures" / f"{stem}-confusion.png", counts, photos.fine_labels, f"{name} on {split}")
 
     result = {
@@ -176,6 +179,27 @@ def _write_per_class(path: Path, labels: list[str], counts: np.ndarray, accuracy
         writer.writerow(["class", "photos", "correct", "accuracy"])
         for i, label in enumerate(labels):
             writer.writerow([label, int(counts[i].sum()), int(counts[i, i]), "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.4f}"])
+
+
+def _write_per_photo(path: Path, data: Path, photos: PhotoSet, fine_predicted: np.ndarray,
+                     coarse_predicted: np.ndarray) -> None:
+    """Each photo's labels and top-1 predictions (dataset label names; empty when the heads do not know
+    it), for paired comparisons of two models on the same photos (python -m training.compare)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(data).resolve()
+    root = root if root.is_dir() else root.parent
+
+    def name(labels: list[str], i: int) -> str:
+        return labels[i] if i >= 0 else ""
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["photo", "fine", "fine_predicted", "coarse", "coarse_predicted"])
+        for photo, fine, coarse in zip(photos.photos, fine_predicted.tolist(), coarse_predicted.tolist()):
+            where = photo.path.resolve()
+            writer.writerow([where.relative_to(root) if where.is_relative_to(root) else where,
+                             photos.fine_labels[photo.fine], name(photos.fine_labels, fine),
+                             photos.coarse_labels[photo.coarse], name(photos.coarse_labels, coarse)])
 
 
 def _plot_confusion(path: Path, counts: np.ndarray, labels: list[str], title: str) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -39,3 +41,14 @@ def per_class_accuracy(counts: np.ndarray) -> np.ndarray:
     totals = counts.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, np.diag(counts) / np.maximum(totals, 1), np.nan)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for two classifiers on the same samples, from the samples only A gets
+    right and those only B gets right: the chance of a split at least that lopsided if both were equally
+    good (each discordant sample a fair coin)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
