@@ -74,12 +74,3 @@ def test_compare_pairs_two_runs_photo_by_photo(tmp_path):
     b.write_text(header + "other.jpg,X,X,C,C\n")
     with pytest.raises(ValueError, match="different photos"):
         compare(read_predictions(a), read_predictions(b))
-    # k-fold: a folder of per-photo CSVs, one per fold, reads as one run over all their photos
-    folds = tmp_path / "folds"
-    folds.mkdir()
-    (folds / "f1.csv").write_text(header + "".join(f"p{i}.jpg,X,X,C,C\n" for i in range(4)))
-    (folds / "f2.csv").write_text(header + "".join(f"p{i}.jpg,X,X,C,C\n" for i in range(4, 8)))
-    assert compare(read_predictions(a), read_predictions(folds))["fine"]["only_b_right"] == 7
-    (folds / "f3.csv").write_text(header + "p0.jpg,X,X,C,C\n")
-    with pytest.raises(ValueError, match="twice"):
-        read_predictions(folds)

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -76,34 +75,6 @@ def test_csv_reader_with_and_without_split_column(tmp_path, tiny_folder):
     with pytest.raises(ValueError, match="missing column"):
         (tmp_path / "bad.csv").write_text("file,label\na.jpg,x\n")
         load_photos(tmp_path / "bad.csv", "train")
-
-
-def test_folds_put_every_train_and_val_photo_in_one_val_fold(tiny_folder, tmp_path):
-    from training.folds import write_folds
-
-    test_photo = tiny_folder / "test" / "fruit" / "red-apple" / "0.jpg"  # never in a selection set
-    _photo(test_photo, COLOURS["red-apple"], 7)
-    try:
-        folds = write_folds(tiny_folder, 3, tmp_path)
-        source = {split: load_photos(tiny_folder, split) for split in ("train", "val")}
-        everything = {p.path for s in source.values() for p in s.photos}
-        assert len(folds) == 3 and len(everything) == 33
-        seen, sizes = [], []
-        for path in folds:
-            train, val = load_photos(path, "train"), load_photos(path, "val")
-            assert train.fine_labels == source["train"].fine_labels and train.coarse_labels == source["train"].coarse_labels
-            assert {p.path for p in train.photos} | {p.path for p in val.photos} == everything
-            assert set(train.iconic.values()) == set(source["train"].iconic.values())
-            per_product = np.bincount([p.fine for p in val.photos], minlength=3)
-            assert set(per_product.tolist()) <= {3, 4}  # 11 photos per product over 3 folds
-            seen += [p.path for p in val.photos]
-            sizes.append(len(val))
-        assert sorted(seen) == sorted(everything)  # each photo in exactly one fold's val
-        assert max(sizes) - min(sizes) <= 1
-        assert write_folds(tiny_folder, 3, tmp_path / "again") and all(
-            a.read_text() == b.read_text() for a, b in zip(folds, sorted((tmp_path / "again").glob("*.csv"))))
-    finally:
-        shutil.rmtree(tiny_folder / "test")  # the folder fixture is shared with other tests
 
 
 def test_grocery_store_reader(tmp_path):

@@ -1,7 +1,6 @@
 """Is one model really more accurate than another on the same photos?
 
     python -m training.compare training/reports/per_photo/A-val.csv training/reports/per_photo/B-val.csv
-    python -m training.compare runs/folds/A/per_photo runs/folds/B/per_photo    # k-fold (training.folds)
 
 Reads the per-photo predictions `seesku eval vision` writes for two models on the same split and prints, for
 fine and coarse top-1, each model's accuracy, the photos only one of them gets right, and the exact McNemar
@@ -23,15 +22,8 @@ LEVELS = ("fine", "coarse")
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, str]]:
-    """One per-photo CSV, or a folder of them (the folds of a k-fold run: each photo in exactly one)."""
-    rows: dict[str, dict[str, str]] = {}
-    for file in sorted(path.glob("*.csv")) if path.is_dir() else [path]:
-        with open(file, newline="") as f:
-            for row in csv.DictReader(f):
-                if row["photo"] in rows:
-                    raise ValueError(f"{row['photo']} appears twice under {path}")
-                rows[row["photo"]] = row
-    return rows
+    with open(path, newline="") as f:
+        return {row["photo"]: row for row in csv.DictReader(f)}
 
 
 def compare(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> dict:
@@ -55,8 +47,8 @@ def compare(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("a", type=Path, help="per-photo CSV of model A (per_photo/<model>-<split>.csv), or a folder of them")
-    parser.add_argument("b", type=Path, help="the same for model B, over the same photos")
+    parser.add_argument("a", type=Path, help="per-photo CSV of model A (per_photo/<model>-<split>.csv)")
+    parser.add_argument("b", type=Path, help="per-photo CSV of model B, same split")
     args = parser.parse_args()
     result = {"a": str(args.a), "b": str(args.b), **compare(read_predictions(args.a), read_predictions(args.b))}
     print(json.dumps(result, indent=2))
