@@ -87,6 +87,12 @@ def _label_map(dataset_labels: list[str], model_labels: list[str]) -> np.ndarray
     return np.array([position.get(name, -1) for name in dataset_labels])
 
 
+def _predicted_dataset_labels(dataset_to_model: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each row's top-1 model label as a dataset label index; -1 where the dataset has no such label."""
+    model_to_dataset = {m: d for d, m in enumerate(dataset_to_model) if m >= 0}
+    return np.array([model_to_dataset.get(int(i), -1) for i in probs.argmax(axis=1)])
+
+
 def dataset_name(photos: PhotoSet) -> str:
     return photos.source.split(":", 1)[0]
 
@@ -131,16 +137,14 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
                 embedding, fine_true, train_embedding, np.array([p.fine for p in train.photos]))
 
     # Per-class accuracy and confusion over the dataset's labels (model outputs mapped back to them).
-    model_to_dataset = {m: d for d, m in enumerate(fine_map) if m >= 0}
-    predicted = np.array([model_to_dataset.get(int(i), -1) for i in fine_probs.argmax(axis=1)])
+    predicted = _predicted_dataset_labels(fine_map, fine_probs)
     counted = predicted >= 0
     counts = confusion_matrix(fine_true[counted], predicted[counted], len(photos.fine_labels))
     accuracy = per_class_accuracy(counts)
     stem = f"{_slug(name)}-{split}"
     _write_per_class(out / "per_class" / f"{stem}.csv", photos.fine_labels, counts, accuracy)
-    coarse_to_dataset = {m: d for d, m in enumerate(coarse_map) if m >= 0}
-    coarse_predicted = np.array([coarse_to_dataset.get(int(i), -1) for i in coarse_probs.argmax(axis=1)])
-    _write_per_photo(out / "per_photo" / f"{stem}.csv", data, photos, predicted, coarse_predicted)
+    _write_per_photo(out / "per_photo" / f"{stem}.csv", data, photos, predicted,
+                     _predicted_dataset_labels(coarse_map, coarse_probs))
     figure = _plot_confusion(out / "figures" / f"{stem}-confusion.png", counts, photos.fine_labels, f"{name} on {split}")
 
     result = {

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pydantic_core
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-import pydantic_core
 from pydantic import BaseModel, Field, ValidationError
 
 from api.catalog.service import CatalogService, SearchResult
@@ -126,7 +126,7 @@ def search_answer(result: SearchResult, service: CatalogService, channel: Channe
 )
 async def search(request: Request) -> Response:
     # The request alone, its options validated by search_params: FastAPI solving five declared parameters
-    # and two dependencies cost about 0.15 ms a request, a tenth of all the service adds to the model.
+    # and two dependencies cost about 0.1 ms a request (the app measured in-process, hot: 0.55 -> 0.45 ms).
     service = await get_service(request)
     data, fields = await read_search_photo(request, service.settings.max_upload_bytes)
     params, channel = search_params(request, fields)
