@@ -8,7 +8,7 @@ from PIL import Image
 from tests.images import SAMPLE_PHOTO, encode, halves, noise, png_claiming
 from vision.preprocess import (
     EmptyImageError, ImageTooLargeError, ImageTooSmallError, InputSpec, Limits, TooManyPixelsError,
-    UnreadableImageError, decode, load_image, thumbnail,
+    UnreadableImageError, centre_crop_box, decode, load_image, thumbnail, to_model_input, torch_resize,
 )
 
 SPEC = InputSpec(224, 0.875)
@@ -104,6 +104,23 @@ def test_model_input_matches_reference_resize_then_crop():
     reference = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float32)
     ours = load_image(SAMPLE_PHOTO.read_bytes(), SPEC).astype(np.float32)
     assert np.abs(ours - reference).mean() < 4.0
+
+
+@pytest.mark.parametrize("size", [(320, 320), (282, 282), (397, 250), (250, 397), (1000, 751), (224, 224), (100, 60)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_torch_resize_is_pillows_filter(size, interpolation):
+    """Bulk tagging resamples on torch's kernel: the same pixels as Pillow's, within rounding, at any
+    shape, up- or downscaled, so a tagged photo embeds as a search of it does."""
+    spec = InputSpec(224, 0.875, interpolation)
+    im = decode(SAMPLE_PHOTO.read_bytes()).resize(size, Image.Resampling.BILINEAR)
+    box = centre_crop_box(*size, spec)
+    assert 0 <= box[0] < box[2] <= size[0] and 0 <= box[1] < box[3] <= size[1]
+    pillow = to_model_input(im, spec).astype(int)
+    torch = to_model_input(im, spec, torch_resize()).astype(int)
+    assert pillow.shape == torch.shape == (224, 224, 3)
+    differ = np.abs(pillow - torch)
+    assert differ.max() <= 2 and (differ > 1).sum() <= 5  # rounding of the fixed-point weights
+    assert (differ > 0).mean() < 0.02
 
 
 def test_empty():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -77,6 +79,9 @@ class InputSpec:
     def resize_size(self) -> int:
         """Short side before the centre crop, as timm's eval transform computes it."""
         return int(self.size / self.crop_pct)
+
+
+Resize = Callable[[np.ndarray, InputSpec], np.ndarray]  # HWC uint8 crop -> (size, size, 3) uint8
 
 
 @dataclass(frozen=True)
@@ -158,24 +163,57 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if mode == "RGB" else im.convert("RGB")
 
 
-def to_model_input(im: Image.Image, spec: InputSpec = InputSpec()) -> np.ndarray:
-    """Resize the short side to `spec.resize_size` and centre-crop `spec.size`, as one resample.
+def centre_crop_box(width: int, height: int, spec: InputSpec = InputSpec()) -> tuple[int, int, int, int]:
+    """The box of the source, in whole pixels, that becomes the model input.
 
-    Cropping the equivalent box of the source and resampling once is the same geometry as
-    resize-then-crop, with less work and one interpolation instead of two.
+    timm's eval transform (short side to `spec.resize_size`, centre crop `spec.size`) expressed as a box of the
+    source, so one resample does both: less work, one interpolation instead of two. Whole pixels, so every
+    resampler (Pillow, torch) sees exactly the same source pixels and filters them the same way.
     """
-    width, height = im.size
     scale = spec.resize_size / min(width, height)
-    crop_w = min(width, spec.size / scale)
-    crop_h = min(height, spec.size / scale)
-    left = (width - crop_w) / 2
-    top = (height - crop_h) / 2
-    out = im.resize(
-        (spec.size, spec.size),
-        _RESAMPLE.get(spec.interpolation, Image.Resampling.BICUBIC),
-        box=(left, top, left + crop_w, top + crop_h),
-    )
+    crop_w = min(width, max(1, round(spec.size / scale)))
+    crop_h = min(height, max(1, round(spec.size / scale)))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
+
+
+def to_model_input(im: Image.Image, spec: InputSpec = InputSpec(), resize: Resize | None = None) -> np.ndarray:
+    """The centre crop (`centre_crop_box`) resampled to `spec.size` square, as uint8 HWC RGB.
+
+    `resize`: a faster resampler of the same filter for bulk work (`torch_resize`); Pillow's by default.
+    """
+    box = centre_crop_box(*im.size, spec)
+    if resize is not None:
+        left, top, right, bottom = box
+        return resize(np.asarray(im)[top:bottom, left:right], spec)
+    out = im.crop(box).resize((spec.size, spec.size), _RESAMPLE.get(spec.interpolation, Image.Resampling.BICUBIC))
     return np.asarray(out, dtype=np.uint8)
+
+
+def torch_resize() -> Resize | None:
+    """Pillow's antialiased bicubic/bilinear resample on torch's uint8 AVX2 kernel, for worker processes.
+
+    The same filter as Pillow's (torch wrote it to match PIL; outputs differ by rounding, at most 2 levels on
+    a few pixels, checked in tests/test_preprocess.py), about 5x faster: 0.22 vs 1.1 ms for a 280 px crop to
+    224 px. Bulk tagging decodes in worker processes that share the cores with the model, so this is model
+    time won back.
+    None where torch is not installed (the serving-only install): callers fall back to Pillow. Sets torch to
+    one thread, hence for worker processes only, never the API process.
+    """
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+
+    def resize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+        mode = spec.interpolation if spec.interpolation in ("bicubic", "bilinear") else "bicubic"
+        y = F.interpolate(x, size=(spec.size, spec.size), mode=mode, antialias=True, align_corners=False)
+        return cv2.merge(list(y[0].numpy()))  # planes to HWC: 0.015 ms, a strided numpy copy takes 0.17
+
+    return resize
 
 
 def load_image(data: bytes, spec: InputSpec = InputSpec(), limits: Limits = Limits()) -> np.ndarray:

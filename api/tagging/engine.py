@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from api.tagging.sources import Item
-from vision.preprocess import ImageError, InputSpec, Limits, decode_opened, open_image, to_model_input
+from vision.preprocess import ImageError, InputSpec, Limits, decode_opened, open_image, to_model_input, torch_resize
 from vision.runtimes import Embedder
 
 CSV_COLUMNS = [
@@ -65,38 +65,45 @@ _worker: dict = {}
 def _init_worker(spec: InputSpec, limits: Limits, options: TagOptions, slots_name: str, slots_shape: tuple[int, ...]) -> None:
     cv2.setNumThreads(1)
     memory = shared_memory.SharedMemory(slots_name)  # the main process owns it and unlinks it
-    _worker.update(spec=spec, limits=limits, options=options, zips={}, memory=memory,
+    _worker.update(spec=spec, limits=limits, options=options, zips={}, memory=memory, resize=torch_resize(),
                    slots=np.ndarray(slots_shape, np.uint8, buffer=memory.buf))
 
 
-def analyse(item: Item) -> tuple[Item, np.ndarray | None, dict]:
-    """Decode one photo to model input and measure its quality; never raises for a bad photo."""
+def _import_torch() -> None:
+    """Import torch (for `torch_resize`) now, if installed: 1.2 s of CPU that would otherwise come at the start
+    of every run, in each decode worker, while the model waits for its first batch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+
+
+def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
+    """Decode one photo into `out` (model input) and measure its quality; never raises for a bad photo."""
     spec, limits, options = _worker["spec"], _worker["limits"], _worker["options"]
     try:
         data = item.read(_worker["zips"])
         im = open_image(data, limits)
         width, height = im.size
-        pixels = to_model_input(decode_opened(im, spec.resize_size), spec)
+        out[...] = to_model_input(decode_opened(im, spec.resize_size), spec, _worker.get("resize"))
     except (ImageError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        return item, None, {"status": "unreadable", "error": str(exc), "flags": ["unreadable"]}
-    gray = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
-    blur = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+        return item, {"status": "unreadable", "error": str(exc), "flags": ["unreadable"]}
+    gray = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+    blur = float(cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))[1][0, 0] ** 2)
     info_layout = layout_vector(gray)
     flags = []
     if min(width, height) < options.min_side:
         flags.append("too_small")
     if blur < options.blur_threshold:
         flags.append("blurry")
-    return item, pixels, {"status": "ok", "width": width, "height": height, "blur_variance": round(blur, 1), "flags": flags,
-                          "_layout": info_layout}
+    return item, {"status": "ok", "width": width, "height": height, "blur_variance": round(blur, 1), "flags": flags,
+                  "_layout": info_layout}
 
 
 def analyse_into_slot(task: tuple[Item, int]) -> tuple[Item, int, dict]:
-    """`analyse`, with the pixels written to shared-memory slot `slot` instead of returned."""
+    """`analyse` into shared-memory slot `slot`: only the slot number travels back."""
     item, slot = task
-    item, pixels, info = analyse(item)
-    if pixels is not None:
-        _worker["slots"][slot] = pixels
+    item, info = analyse(item, _worker["slots"][slot])
     return item, slot, info
 
 
@@ -265,6 +272,19 @@ def duplicate_groups(keys: list[str], embeddings: np.ndarray, threshold: float,
     index = faiss.IndexFlatIP(embeddings.shape[1])
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     lims, _, ids = index.range_search(np.ascontiguousarray(embeddings, dtype=np.float32), threshold)
+    # Candidate pairs as arrays: the same product's other shots pass the embedding test by the thousand, the
+    # layout test (vectorised here; a Python loop over the pairs took 0.4 s of a 5,000-photo run) drops them.
+    first = np.repeat(np.arange(len(keys)), np.diff(lims.astype(np.int64)))
+    second = ids.astype(np.int64)
+    pair = first != second  # both directions: float rounding can list a pair on one side only
+    first, second = first[pair], second[pair]
+    if layouts is not None:
+        correlation = np.empty(len(first), np.float32)
+        for at in range(0, len(first), 4096):  # gathered rows in cache-sized pieces: 5x faster than at once
+            part = slice(at, at + 4096)
+            correlation[part] = np.einsum("ij,ij->i", layouts[first[part]], layouts[second[part]])
+        same_picture = correlation >= layout_threshold
+        first, second = first[same_picture], second[same_picture]
     parent = list(range(len(keys)))
 
     def find(i: int) -> int:
@@ -273,14 +293,10 @@ def duplicate_groups(keys: list[str], embeddings: np.ndarray, threshold: float,
             i = parent[i]
         return i
 
-    for i in range(len(keys)):
-        for j in ids[lims[i] : lims[i + 1]]:
-            j = int(j)
-            if layouts is not None and float(layouts[i] @ layouts[j]) < layout_threshold:
-                continue
-            a, b = find(i), find(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    for i, j in zip(first.tolist(), second.tolist()):
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
     roots = [find(i) for i in range(len(keys))]
     sizes = np.bincount(roots, minlength=len(keys))
     group_of_root: dict[int, int] = {}
@@ -311,6 +327,8 @@ class Tagger:
                  limits: Limits = Limits(), start_method: str | None = None):
         # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server must use "spawn".
         self.start_method = start_method or ("fork" if os.name == "posix" else "spawn")
+        if self.start_method == "fork":
+            _import_torch()  # forked decode workers inherit it instead of each importing it at the run's start
         self.embedder, self.embed_concurrency = embedder.for_bulk()
         self.matcher = matcher
         self.options = options
