@@ -13,6 +13,7 @@ need every embedding of the run.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import multiprocessing
@@ -73,7 +74,7 @@ def _import_torch() -> None:
     """Import torch (for `torch_resize`) now, if installed: 1.2 s of CPU that would otherwise come at the start
     of every run, in each decode worker, while the model waits for its first batch."""
     try:
-        import torch  # noqa: F401
+        importlib.import_module("torch")
     except ImportError:
         pass
 
