@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -205,6 +204,8 @@ def torch_resize() -> Resize | None:
         import torch.nn.functional as F
     except ImportError:
         return None
+    import cv2  # here, not at the top: Triton's python-backend environment has no OpenCV
+
     torch.set_num_threads(1)
 
     def resize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
