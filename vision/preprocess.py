@@ -189,15 +189,16 @@ def to_model_input(im: Image.Image, spec: InputSpec = InputSpec(), resize: Resiz
     return np.asarray(out, dtype=np.uint8)
 
 
-def torch_resize() -> Resize | None:
+def torch_resize(threads: int | None = 1) -> Resize | None:
     """Pillow's antialiased bicubic/bilinear resample on torch's uint8 AVX2 kernel, for worker processes.
 
     The same filter as Pillow's (torch wrote it to match PIL; outputs differ by rounding, at most 2 levels on
     a few pixels, checked in tests/test_preprocess.py), about 5x faster: 0.22 vs 1.1 ms for a 280 px crop to
     224 px. Bulk tagging decodes in worker processes that share the cores with the model, so this is model
     time won back.
-    None where torch is not installed (the serving-only install): callers fall back to Pillow. Sets torch to
-    one thread, hence for worker processes only, never the API process.
+    None where torch is not installed (the serving-only install): callers fall back to Pillow. `threads` sets
+    torch's threads for the whole process (one by default: a decode worker beside the model), hence for
+    worker processes, never the API process; None leaves them as they are.
     """
     try:
         import torch
@@ -206,7 +207,8 @@ def torch_resize() -> Resize | None:
         return None
     import cv2  # here, not at the top: Triton's python-backend environment has no OpenCV
 
-    torch.set_num_threads(1)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     def resize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)

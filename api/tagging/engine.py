@@ -86,7 +86,7 @@ def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
         data = item.read(_worker["zips"])
         im = open_image(data, limits)
         width, height = im.size
-        out[...] = to_model_input(decode_opened(im, spec.resize_size), spec, _worker.get("resize"))
+        out[...] = to_model_input(decode_opened(im, spec.resize_size), spec, _worker["resize"])
     except (ImageError, OSError, zipfile.BadZipFile, KeyError) as exc:
         return item, {"status": "unreadable", "error": str(exc), "flags": ["unreadable"]}
     gray = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
