@@ -30,7 +30,7 @@ import numpy as np
 from common import ROOT, emit, median_ms
 from PIL import Image, ImageEnhance
 
-from vision.preprocess import load_image
+from vision.preprocess import load_image, torch_resize
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
 SOURCES = sorted((ROOT / "samples" / "catalog").glob("*.jpg"))
@@ -174,7 +174,8 @@ def main() -> None:
         "duplicate_pairs_predicted": len(predicted),
         "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
         "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,
-        "options": {"batch": options.batch, "decode_workers": options.workers, "k": options.k},
+        "options": {"batch": options.batch, "decode_workers": options.workers, "k": options.k,
+                    "decode_resample": "torch" if torch_resize(threads=None) else "pillow"},
     })
     shutil.rmtree(work, ignore_errors=True)
 
