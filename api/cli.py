@@ -185,7 +185,9 @@ def tag(
     from api.catalog.service import create_service_embedder
 
     embedder = service.embedder if service else create_service_embedder(settings)
-    tagger = Tagger(embedder, matcher, TagOptions(k, batch, workers, duplicate_threshold, layout_threshold, blur_threshold),
+    options = TagOptions(k=k, batch=batch, workers=workers, duplicate_threshold=duplicate_threshold,
+                         layout_threshold=layout_threshold, blur_threshold=blur_threshold)
+    tagger = Tagger(embedder, matcher, options,
                     Limits(settings.max_upload_bytes, settings.max_image_pixels))
     progress, update = _progress("tagging")
     try:

@@ -29,6 +29,13 @@ def sample_catalog_subset(out: Path, keep=lambda row: True, limit: int | None = 
     return chosen
 
 
+def seesku(*args, data_dir, **kwargs) -> subprocess.CompletedProcess:
+    """The `seesku` command line, as a user runs it, on its own data dir."""
+    env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_ONNX_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
 def make_settings(data_dir: Path, **overrides) -> Settings:
     return Settings(data_dir=data_dir, onnx_threads=2, **overrides)
 

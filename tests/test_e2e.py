@@ -2,15 +2,11 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from api.settings import REPO_ROOT
-from tests.conftest import SAMPLES, sample_catalog_subset
+from tests.conftest import SAMPLES, sample_catalog_subset, seesku
 from tests.images import png_claiming
 
 pytestmark = pytest.mark.slow
@@ -56,12 +52,6 @@ def test_bad_input_does_not_hurt_the_server(live_server):
         ok = client.post("/v1/search", files={"image": query})
         assert ok.status_code == 200 and ok.json()["matches"][0]["product_id"] == "Red-Beet"
     assert proc.poll() is None
-
-
-def seesku(*args, data_dir, **kwargs):
-    env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_ONNX_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def test_cli_import_export_search_roundtrip(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from api.settings import REPO_ROOT
 from api.tagging.engine import TagOptions, Tagger
 from api.tagging.sources import SourceError, list_items
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_catalog_subset, seesku
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
 MODEL = REPO_ROOT / "triton_models" / "product_embedder"
@@ -60,6 +60,36 @@ def test_tag_folder(folder, tmp_path, embedder):
     for r in rows.values():
         if r["status"] == "ok":
             assert r["fine"] and 0 < float(r["fine_probability"]) <= 1 and r["coarse"]
+
+
+@pytest.mark.slow
+def test_seesku_tag_command(folder, tmp_path):
+    """`seesku tag` itself: each option reaches its setting, the catalogue matches come from the data dir."""
+    catalogue = tmp_path / "catalog.csv"
+    sample_catalog_subset(catalogue, limit=5)
+    assert seesku("catalog", "import", str(catalogue), data_dir=tmp_path / "data").returncode == 0
+    out = tmp_path / "tags.csv"
+    done = seesku("tag", str(folder), "--out", str(out), "--k", "2", data_dir=tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    assert f"tagged {len(PHOTOS) + 5} photos now" in done.stderr and "1 unreadable" in done.stderr
+    assert "2 near-duplicate groups" in done.stderr
+    rows = read_csv(out)
+    assert rows[PHOTOS[0].name]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"] != ""
+    assert len(rows[PHOTOS[0].name]["matches"].split(";")) == 2
+    assert "blurry" not in rows[PHOTOS[0].name]["flags"]
+
+    # each threshold lands where it belongs: a layout correlation of 0.99999 keeps only the byte-exact copy, a
+    # blur threshold this high flags every readable photo
+    strict = tmp_path / "strict.csv"
+    done = seesku("tag", str(folder), "--out", str(strict), "--k", "0", "--layout-threshold", "0.99999",
+                  "--blur-threshold", "1000000", data_dir=tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    assert "1 near-duplicate groups" in done.stderr
+    rows = read_csv(strict)
+    assert rows[PHOTOS[0].name]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"] != ""
+    assert rows["nested/resized-second.png"]["duplicate_group"] == ""
+    assert all("blurry" in r["flags"] for r in rows.values() if r["status"] == "ok")
+    assert all(r["matches"] == "" for r in rows.values())
 
 
 def test_tag_jsonl_with_catalogue_matches(folder, tmp_path, embedder):

@@ -44,7 +44,7 @@ CSV_COLUMNS = [
 Matcher = Callable[[np.ndarray, np.ndarray, int], list[tuple[str, float]]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # by name only: a positional call once put every threshold one field off
 class TagOptions:
     k: int = 3  # catalogue matches per photo
     batch: int = 32
