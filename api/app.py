@@ -47,10 +47,7 @@ def start_jobs(settings: Settings, service: CatalogService):
     from vision.preprocess import Limits
 
     def tagger(options: TagOptions) -> Tagger:
-        def matcher(embedding, fine_probs, k):
-            return [(m.product.product_id, m.score) for m in service.rank(embedding, fine_probs, k)]
-
-        return Tagger(service.embedder, matcher, options, Limits(settings.max_upload_bytes, settings.max_image_pixels),
+        return Tagger(service.embedder, service.catalogue_matches, options, Limits(settings.max_upload_bytes, settings.max_image_pixels),
                       start_method="spawn")
 
     runner = JobRunner(JobStore(settings.data_dir / "jobs"), tagger, settings.tagging_root, settings.max_upload_bytes)

@@ -180,7 +180,7 @@ def tag(
     service = _service(settings) if k else None
     matcher = None
     if service is not None and service.store.count_products():
-        matcher = lambda emb, probs, n: [(m.product.product_id, m.score) for m in service.rank(emb, probs, n)]  # noqa: E731
+        matcher = service.catalogue_matches
     from vision.preprocess import Limits
     from api.catalog.service import create_service_embedder
 

@@ -141,7 +141,7 @@ def main() -> None:
     before = embedder_rate(embedder, pixels)
     bulk_before = bulk_rate(embedder, pixels)
     options = TagOptions() if args.duplicate_threshold is None else TagOptions(duplicate_threshold=args.duplicate_threshold)
-    tagger = Tagger(embedder, lambda e, p, k: [(m.product.product_id, m.score) for m in service.rank(e, p, k)], options)
+    tagger = Tagger(embedder, service.catalogue_matches, options)
     items = list_items(folder)
     out = work / "tags.csv"
     started = time.perf_counter()

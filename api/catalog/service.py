@@ -342,6 +342,10 @@ class CatalogService:
             self._add_personal_scores(candidates, personal, personal_weight)
         return sorted(candidates.values(), key=lambda m: -m.score)[:k]  # stable: ties keep the visual order
 
+    def catalogue_matches(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """(product id, score) of the k best products by the search ranking rule: bulk tagging's matcher."""
+        return [(m.product.product_id, m.score) for m in self.rank(embedding, fine_probs, k)]
+
     @staticmethod
     def _add_personal_scores(candidates: dict[str, Match], personal: dict[str, float], weight: float) -> None:
         known = [pid for pid in candidates if pid in personal]

@@ -13,7 +13,6 @@ need every embedding of the run.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import multiprocessing
@@ -68,15 +67,6 @@ def _init_worker(spec: InputSpec, limits: Limits, options: TagOptions, slots_nam
     memory = shared_memory.SharedMemory(slots_name)  # the main process owns it and unlinks it
     _worker.update(spec=spec, limits=limits, options=options, zips={}, memory=memory, resize=torch_resize(),
                    slots=np.ndarray(slots_shape, np.uint8, buffer=memory.buf))
-
-
-def _import_torch() -> None:
-    """Import torch (for `torch_resize`) now, if installed: 1.2 s of CPU that would otherwise come at the start
-    of every run, in each decode worker, while the model waits for its first batch."""
-    try:
-        importlib.import_module("torch")
-    except ImportError:
-        pass
 
 
 def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
@@ -329,7 +319,9 @@ class Tagger:
         # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server must use "spawn".
         self.start_method = start_method or ("fork" if os.name == "posix" else "spawn")
         if self.start_method == "fork":
-            _import_torch()  # forked decode workers inherit it instead of each importing it at the run's start
+            # Imports torch here, once: forked decode workers inherit it. Otherwise each would spend 1.2 s on the
+            # import at the start of every run while the model waits for its first batch.
+            torch_resize(threads=None)
         self.embedder, self.embed_concurrency = embedder.for_bulk()
         self.matcher = matcher
         self.options = options
