@@ -275,6 +275,7 @@ def train_vision(
     threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
     export: Annotated[bool, typer.Option(help="export the best checkpoint to OUT/product_embedder when done")] = True,
+    fit_through: Annotated[Literal["train", "val"], typer.Option(help="train: keep the epoch with the best val fine top-1; val: the final fit, on train + val for exactly --epochs (choose the recipe with train first)")] = "train",
 ) -> None:
     """Fine-tune the product model; a checkpoint every epoch, the best one (validation fine top-1) exported."""
     from training.progress import TrainProgress
@@ -284,6 +285,7 @@ def train_vision(
         data=str(data), out=str(out), backbone=backbone, epochs=epochs,
         sizes=[int(s) for s in sizes.split(",")], freeze_blocks=freeze_blocks, lr=lr,
         backbone_lr_mult=backbone_lr_mult, seed=seed, max_steps_per_epoch=max_steps_per_epoch, threads=threads,
+        fit_through=fit_through,
     )
     with TrainProgress() as ui:
         best = train(config, resume=resume, ui=ui)

@@ -276,6 +276,30 @@ def test_export_with_the_training_photos_as_a_voting_gallery(tiny_folder, tmp_pa
     np.testing.assert_allclose(fine.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_final_fit_through_val_trains_on_both_and_refuses_to_be_evaluated_on_them(tiny_folder, tmp_path):
+    """`--fit-through val`: train + val photos, nothing held out, the last epoch exported; its gallery votes with
+    every photo it saw, and `seesku eval vision` will not score it on a split it has seen."""
+    from training.evaluate import evaluate
+    from training.export import export_trained
+
+    both = load_photos(tiny_folder, "train+val")
+    assert len(both) == 24 + 9 and both.source.endswith(":train+val")
+    assert both.fine_labels == load_photos(tiny_folder, "val").fine_labels
+
+    best = train(_config(tiny_folder, tmp_path / "run", fit_through="val"))
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and not any("val_fine_top1" in h for h in history)
+    assert torch.load(best, weights_only=False)["epoch"] == 1  # the last epoch, whatever its loss
+    assert history[0]["images"] >= 24 + 9  # every train and val photo once an epoch (+ catalogue anchors)
+
+    manifest = export_trained(best, tmp_path / "model", log=lambda m: None, gallery_weight=0.25, gallery_k=1)
+    assert manifest.trained_on == "train+val" and manifest.gallery.photos == 24 + 9
+    assert "--fit-through val" in manifest.command and manifest.metrics["best_epoch"] == 2.0
+    for split in ("val", "train"):
+        with pytest.raises(ValueError, match="was trained on train\+val"):
+            evaluate(tmp_path / "model", tiny_folder, split, tmp_path / "report", log=lambda m: None)
+
+
 def test_gallery_vote_weights_the_nearest_photos_by_softmax():
     from training.select_gallery import vote
 

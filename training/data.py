@@ -58,7 +58,19 @@ class PhotoSet:
 
 
 def load_photos(data: str | Path, split: str) -> PhotoSet:
-    """Read `split` of the data at `data` (a Grocery Store root, a merchant folder or a merchant CSV)."""
+    """Read `split` of the data at `data` (a Grocery Store root, a merchant folder or a merchant CSV).
+
+    `split` may join splits with `+` ("train+val": a final fit once the recipe was chosen on val); label
+    indices agree across splits in every layout, so their photos simply add up."""
+    if "+" in split:
+        parts = [load_photos(data, part) for part in split.split("+")]
+        merged = parts[0]
+        for part in parts[1:]:
+            if part.fine_labels != merged.fine_labels:
+                raise ValueError(f"{data}: the splits of {split!r} do not share one label space")
+            merged.photos = merged.photos + part.photos
+        merged.source = merged.source.rsplit(":", 1)[0] + ":" + split
+        return merged
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     data = Path(data)

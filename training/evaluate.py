@@ -101,6 +101,9 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
              log: Callable[[str], None] = print, progress=None) -> dict:
     embedder = OnnxRuntimeEmbedder(model_dir)
     manifest = embedder.manifest
+    if set(split.split("+")) & set(manifest.trained_on.split("+")):
+        raise ValueError(f"{model_dir} was trained on {manifest.trained_on}: its figures on {split} would measure "
+                         "memory, not accuracy")
     photos = load_photos(data, split)
     if not len(photos):
         raise ValueError(f"{data}: split {split!r} has no photos")

@@ -35,8 +35,8 @@ def export_trained(
     et al., FixRes, 2019); choose it with `seesku eval vision --split val`. `coarse_from_fine`: see
     `ProductModel.set_hierarchy`. The manifest's `val_*` metrics stay those of training (training resolution,
     coarse head alone); `seesku eval vision` measures the exported graph as served. `gallery_weight` > 0 bakes
-    the training photos into the graph as reference photos: see `ProductModel.set_gallery`; only the train
-    split is ever used, so validation and test photos stay unseen. `export_command` (the export's own command line) is appended to the
+    the training photos into the graph as reference photos: see `ProductModel.set_gallery`; only the split(s)
+    the model was trained on are used (train, or train + val for a final fit), so held-out photos stay unseen. `export_command` (the export's own command line) is appended to the
     training command in the manifest, so the served graph can be reproduced from it."""
     model, state = load_checkpoint(checkpoint)
     config = TrainConfig(**state["config"])
@@ -48,7 +48,7 @@ def export_trained(
     if coarse_from_fine > 0:
         heads += f"; coarse_probs = {1 - coarse_from_fine:g} x coarse head + {coarse_from_fine:g} x fine_probs summed per coarse category"
     data = Path(data or config.data)
-    train_set = load_photos(data, "train")
+    train_set = load_photos(data, config.training_split)
     gallery = None
     serving_input = InputConfig(size=model.input_size, crop_pct=crop_pct or cfg.crop_pct, mean=cfg.mean, std=cfg.std)
     if gallery_weight > 0:
@@ -64,7 +64,8 @@ def export_trained(
                   f"the {model.gallery_k} nearest of the {len(train_set)} training photos (softmax of cosine / "
                   f"{gallery_temperature:g})")
     log("checksumming the training data")
-    best = max(state["history"], key=lambda r: r.get("val_fine_top1", 0.0))
+    validated = [r for r in state["history"] if "val_fine_top1" in r]
+    best = max(validated, key=lambda r: r["val_fine_top1"]) if validated else state["history"][-1]
     metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
     metrics["best_epoch"] = float(best["epoch"])
     metrics["train_wall_s"] = float(sum(r["seconds"] for r in state["history"]))
@@ -85,6 +86,7 @@ def export_trained(
         data_checksum=train_set.checksum(),
         training=state["history"],
         gallery=gallery,
+        trained_on=config.training_split,
     )
     check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
     return write_model(model, manifest, out_dir, check, queries_csv, log)
@@ -95,4 +97,5 @@ def _train_command(config: TrainConfig) -> str:
         f"seesku train vision --data {config.data} --out {config.out} --backbone {config.backbone} "
         f"--epochs {config.epochs} --sizes {','.join(map(str, config.sizes))} --freeze-blocks {config.freeze_blocks} "
         f"--lr {config.lr:g} --backbone-lr-mult {config.backbone_lr_mult:g} --seed {config.seed}"
+        + (f" --fit-through {config.fit_through}" if config.fit_through != "train" else "")
     )

@@ -70,6 +70,13 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: every core
     max_steps_per_epoch: int = 0  # 0: a full pass over the training photos (tests use a small number)
+    # "train": validate every epoch on val and keep the best epoch. "val": the final fit once the recipe was
+    # chosen that way: train on train + val for exactly `epochs`, nothing held out, the last epoch is the result.
+    fit_through: str = "train"
+
+    @property
+    def training_split(self) -> str:
+        return "train+val" if self.fit_through == "val" else "train"
 
     def size_for_epoch(self, epoch: int) -> int:
         return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // max(1, self.epochs))]
@@ -261,10 +268,12 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    train_set = load_photos(config.data, "train")
-    val_set = load_photos(config.data, "val")
+    if config.fit_through not in ("train", "val"):
+        raise ValueError(f"fit_through must be 'train' or 'val', not {config.fit_through!r}")
+    train_set = load_photos(config.data, config.training_split)
+    val_set = load_photos(config.data, "val") if config.fit_through == "train" else None
     if not len(train_set):
-        raise ValueError(f"{config.data}: the train split has no photos")
+        raise ValueError(f"{config.data}: the {config.training_split} split has no photos")
     iconic_items = sorted(train_set.iconic.items())
     paths = [p.path for p in train_set.photos] + [path for _, path in iconic_items]
     labels = np.array([p.fine for p in train_set.photos] + [f for f, _ in iconic_items])
@@ -274,9 +283,10 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     cache = decoded_cache(paths, config.cache_side, cache_dir, ui.stage("decoding photos once") if ui else None)
 
     spec = InputSpec(REGISTRY[config.backbone].input_size, REGISTRY[config.backbone].crop_pct)
-    val_pixels = np.stack([load_image(p.path.read_bytes(), spec) for p in val_set.photos]) if len(val_set) else None
-    val_fine = np.array([p.fine for p in val_set.photos])
-    val_coarse = np.array([p.coarse for p in val_set.photos])
+    val_photos = val_set.photos if val_set is not None else []
+    val_pixels = np.stack([load_image(p.path.read_bytes(), spec) for p in val_photos]) if val_photos else None
+    val_fine = np.array([p.fine for p in val_photos])
+    val_coarse = np.array([p.coarse for p in val_photos])
     iconic_pixels = np.stack([load_image(path.read_bytes(), spec) for _, path in iconic_items]) if iconic_items else np.zeros((0,))
     iconic_labels = np.array([f for f, _ in iconic_items])
 
@@ -336,7 +346,8 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         if val_pixels is not None:
             record.update(validation_metrics(model, val_pixels, val_fine, val_coarse, iconic_pixels, iconic_labels))
         history.append(record)
-        score = record.get("val_fine_top1", -record["loss"])
+        # Nothing held out: a final fit ends at its last epoch; data without a val split keeps the lowest loss.
+        score = epoch if config.fit_through == "val" else record.get("val_fine_top1", -record["loss"])
         improved = score > best
         if improved:
             best = score
