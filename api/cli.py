@@ -317,7 +317,11 @@ def eval_vision(
     """Evaluate an exported model on a split through the service's own preprocess and runtime."""
     from training.evaluate import evaluate, write_report
 
-    result = evaluate(model, data, split, out, name=name, log=lambda m: typer.echo(m, err=True))
+    try:
+        result = evaluate(model, data, split, out, name=name, log=lambda m: typer.echo(m, err=True))
+    except ValueError as exc:  # an empty split, a model trained on this split
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
     path = write_report(out, report)
     typer.echo(f"report: {path}", err=True)
     if as_json:

@@ -23,8 +23,10 @@ def test_sample_queries_find_their_product(live_server):
             ids = [m["product_id"] for m in resp.json()["matches"]]
             first += ids[0] == row["product_id"]
             top5 += row["product_id"] in ids
-    # measured with the fine-tuned model (val photos, never trained on): 9 of 10 at rank 1. The miss is the
-    # Cantaloupe photo, taken for a Galia melon at 72 % (Cantaloupe is the model's weakest class on val).
+    # The sample queries are val photos, which the served final fit (train + val) has seen: this checks the
+    # service end to end (upload, preprocess, model, index, ranking), not accuracy (training/reports/grocery.md
+    # has the test figures). 10 of 10 at rank 1 with it; 9 of 10 with the train-only model, which took the
+    # Cantaloupe photo for a Galia melon; either model must keep passing.
     assert first >= 9, f"{first}/10 sample queries found their product at rank 1"
     assert top5 >= 9, f"{top5}/10 sample queries found their product in the top 5"
 

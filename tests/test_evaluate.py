@@ -56,7 +56,7 @@ def test_evaluate_writes_results_figure_and_report(sample_csv, tmp_path):
 
     report = write_report(tmp_path).read_text()
     assert "shipped (val, 5 photos)" in report
-    assert "| photo-to-catalogue R@1 (iconic gallery, embedding only) | 100.0 % |" in report
+    assert "| photo-to-catalogue R@1 (iconic gallery, embedding only) | 100.00 % |" in report
 
 
 def test_compare_pairs_two_runs_photo_by_photo(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import seesku
 from training.data import load_photos
 from training.metrics import (
     confusion_matrix, mcnemar_exact, nearest_neighbour_accuracy, per_class_accuracy, recall_at_k, topk_accuracy,
@@ -293,11 +294,20 @@ def test_final_fit_through_val_trains_on_both_and_refuses_to_be_evaluated_on_the
     assert history[0]["images"] >= 24 + 9  # every train and val photo once an epoch (+ catalogue anchors)
 
     manifest = export_trained(best, tmp_path / "model", log=lambda m: None, gallery_weight=0.25, gallery_k=1)
-    assert manifest.trained_on == "train+val" and manifest.gallery.photos == 24 + 9
+    assert manifest.trained_on == both.source and manifest.gallery.split == "train+val" and manifest.gallery.photos == 24 + 9
     assert "--fit-through val" in manifest.command and manifest.metrics["best_epoch"] == 2.0
     for split in ("val", "train"):
-        with pytest.raises(ValueError, match="was trained on train\+val"):
+        with pytest.raises(ValueError, match="was trained on folder:.*:train\+val"):
             evaluate(tmp_path / "model", tiny_folder, split, tmp_path / "report", log=lambda m: None)
+    refused = seesku("eval", "vision", "--data", str(tiny_folder), "--split", "val", "--model", str(tmp_path / "model"),
+                     "--out", str(tmp_path / "report"), data_dir=tmp_path / "service")
+    assert refused.returncode == 2 and "error:" in refused.stderr and "Traceback" not in refused.stderr
+    # Another data set's val is fair game.
+    other = tmp_path / "other"
+    for product in COLOURS:
+        for i in range(2):
+            _photo(other / "val" / COARSE[product] / product / f"{i}.jpg", COLOURS[product], 1000 + i)
+    assert evaluate(tmp_path / "model", other, "val", tmp_path / "report", log=lambda m: None)["photos"] == 2 * len(COLOURS)
 
 
 def test_gallery_vote_weights_the_nearest_photos_by_softmax():

@@ -101,10 +101,11 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
              log: Callable[[str], None] = print, progress=None) -> dict:
     embedder = OnnxRuntimeEmbedder(model_dir)
     manifest = embedder.manifest
-    if set(split.split("+")) & set(manifest.trained_on.split("+")):
+    photos = load_photos(data, split)
+    trained_data, _, trained_splits = manifest.trained_on.rpartition(":")
+    if trained_data == photos.source.rpartition(":")[0] and set(split.split("+")) & set(trained_splits.split("+")):
         raise ValueError(f"{model_dir} was trained on {manifest.trained_on}: its figures on {split} would measure "
                          "memory, not accuracy")
-    photos = load_photos(data, split)
     if not len(photos):
         raise ValueError(f"{data}: split {split!r} has no photos")
     name = name or manifest.model_id
@@ -233,7 +234,8 @@ def _plot_confusion(path: Path, counts: np.ndarray, labels: list[str], title: st
 
 # ---------------------------------------------------------------------------------------------- report
 def _pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f} %"
+    # Two decimals: on 2,485 test photos one photo is 0.04 points, and one decimal showed 87.97 % as the 88.0 % target.
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f} %"
 
 
 def write_report(out: Path, report: Path | None = None) -> Path:

@@ -59,7 +59,7 @@ def export_trained(
         position = {name: i for i, name in enumerate(state["fine_labels"])}
         labels = [position[train_set.fine_labels[p.fine]] for p in train_set.photos]
         model.set_gallery(reference, labels, gallery_k, gallery_temperature, gallery_weight)
-        gallery = GalleryConfig(photos=len(labels), k=model.gallery_k, temperature=gallery_temperature, weight=gallery_weight)
+        gallery = GalleryConfig(split=config.training_split, photos=len(labels), k=model.gallery_k, temperature=gallery_temperature, weight=gallery_weight)
         heads += (f"; then fine_probs and coarse_probs = {1 - gallery_weight:g} x those + {gallery_weight:g} x the vote of "
                   f"the {model.gallery_k} nearest of the {len(train_set)} training photos (softmax of cosine / "
                   f"{gallery_temperature:g})")
@@ -86,7 +86,7 @@ def export_trained(
         data_checksum=train_set.checksum(),
         training=state["history"],
         gallery=gallery,
-        trained_on=config.training_split,
+        trained_on=train_set.source,
     )
     check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
     return write_model(model, manifest, out_dir, check, queries_csv, log)
