@@ -161,7 +161,7 @@ def tag(
     out: Annotated[Path, typer.Option(help="results, .csv or .jsonl; rerunning with the same OUT resumes")],
     k: Annotated[int, typer.Option(min=0, max=20, help="closest catalogue products per photo")] = 3,
     batch: Annotated[int, typer.Option(min=1, max=256)] = 32,
-    workers: Annotated[int, typer.Option(min=1, help="decode processes")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="processes that decode and embed; 0: one per core (ONNX Runtime)")] = 0,
     duplicate_threshold: Annotated[float, typer.Option(min=0, max=1, help="embedding cosine for near-duplicates")] = 0.90,
     layout_threshold: Annotated[float, typer.Option(min=-1, max=1, help="and layout (16x16 grey) correlation")] = 0.92,
     blur_threshold: Annotated[float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")] = 60.0,

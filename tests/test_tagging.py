@@ -2,16 +2,20 @@
 
 import csv
 import json
+import os
 import shutil
+import signal
 import stat
+import threading
 import zipfile
+from dataclasses import dataclass
 
 import pytest
 from PIL import Image, ImageFilter
 
 from api.settings import REPO_ROOT
 from api.tagging.engine import TagOptions, Tagger
-from api.tagging.sources import SourceError, list_items
+from api.tagging.sources import Item, SourceError, list_items
 from tests.conftest import SAMPLES, sample_catalog_subset, seesku
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
@@ -129,30 +133,86 @@ def test_stopped_run_leaves_valid_output_and_resumes(folder, tmp_path, embedder)
     assert final[PHOTOS[0].name]["duplicate_group"] == final["nested/copy-of-first.jpg"]["duplicate_group"] != ""
 
 
-def test_stop_while_decoding_runs_ahead_returns_and_frees_shared_memory(tmp_path, embedder):
-    # 60 photos, batches of 4, at most 32 decoded ahead (one worker, 16 photos per pool message): the pool's
-    # feeder is waiting for a free pixel slot when the stop comes; the run must still return, and leave no
-    # shared memory behind.
-    import threading
-    from pathlib import Path
+def within(seconds, fn):
+    """fn()'s result or exception, failing the test if it has not returned after `seconds` (a hung pool)."""
+    result = {}
 
+    def call():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result["error"] = exc
+
+    runner = threading.Thread(target=call, daemon=True)
+    runner.start()
+    runner.join(seconds)
+    assert not runner.is_alive(), f"no answer after {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def test_stop_while_workers_run_ahead_returns_and_resumes(tmp_path, embedder):
+    # 60 photos, batches of 4, at most 8 photos (2 batches) out with the workers: they still hold a batch when
+    # the stop comes; the run must still return, having written what finished.
     root = tmp_path / "many"
     root.mkdir()
     for i in range(60):
         shutil.copy(PHOTOS[i % len(PHOTOS)], root / f"{i:02d}.jpg")
     items, out = list_items(root), tmp_path / "tags.csv"
-    shm = Path("/dev/shm")
-    before = set(shm.iterdir()) if shm.is_dir() else set()
-    result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("summary", Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(
-        items, out, should_stop=lambda: True)))
-    runner.start()
-    runner.join(timeout=120)
-    assert not runner.is_alive(), "the stopped run did not return"
-    assert 4 <= result["summary"].tagged_now < len(items)
-    assert (set(shm.iterdir()) if shm.is_dir() else set()) == before
+    stopped = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(items, out, should_stop=lambda: True))
+    assert stopped.tagged_now == 4  # the first batch, then the stop
+    assert len(read_csv(out)) == 4
     summary = Tagger(embedder, options=TagOptions(batch=4)).run(items, out)  # resumes to the end
-    assert summary.done == len(items) and len(read_csv(out)) == len(items)
+    assert summary.done == len(items) and summary.tagged_now == len(items) - 4 and len(read_csv(out)) == len(items)
+
+
+def test_a_model_that_cannot_load_in_the_workers_fails_the_run(folder, tmp_path, embedder):
+    """The workers build their own model; when that fails the run raises the error instead of waiting forever
+    (a pool whose initializer raises starts new workers without end)."""
+    from functools import partial
+
+    from vision.runtimes import BulkPlan
+
+    class Broken:
+        manifest = embedder.manifest
+
+        def bulk_plan(self):
+            return BulkPlan(partial(OnnxRuntimeEmbedder, tmp_path / "no-model-here"), workers=1)
+
+    with pytest.raises(Exception, match="no-model-here"):
+        within(120, lambda: Tagger(Broken()).run(list_items(folder), tmp_path / "tags.csv"))
+
+
+@dataclass(frozen=True)
+class WorkerKillingItem(Item):
+    """A photo whose reading kills the worker process outright, as a crashing decoder or the OOM killer would."""
+
+    def read(self, zips=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_photo_that_kills_its_worker_is_reported_and_the_rest_are_tagged(folder, tmp_path, embedder):
+    items = list_items(folder)
+    poison = WorkerKillingItem("poison.jpg", items[0].path)
+    items = [*items[:5], poison, *items[5:]]
+    out = tmp_path / "tags.csv"
+    summary = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4)).run(items, out))
+    rows = read_csv(out)
+    assert summary.done == len(rows) == len(items) and summary.unreadable == 2
+    assert rows["poison.jpg"]["status"] == "unreadable" and "worker process died" in rows["poison.jpg"]["error"]
+    assert {k for k, r in rows.items() if r["status"] != "ok"} == {"poison.jpg", "corrupt.jpg"}
+    assert rows[PHOTOS[0].name]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"] != ""
+
+
+def test_workers_dying_on_every_photo_stop_the_run_with_an_error(folder, tmp_path, embedder):
+    items = list_items(folder)
+    items = [*items[:4], *(WorkerKillingItem(f"poison-{i}.jpg", items[0].path) for i in range(4)), *items[4:]]
+    out = tmp_path / "tags.csv"
+    with pytest.raises(RuntimeError, match="died on 3 photos in a row"):
+        within(120, lambda: Tagger(embedder, options=TagOptions(batch=4)).run(items, out))
+    rows = read_csv(out)  # a valid partial output: the first batch, and no photo blamed (a rerun tries them again)
+    assert set(rows) == {i.key for i in items[:4]}
 
 
 def test_state_refuses_another_input(folder, tmp_path, embedder):

@@ -1,13 +1,14 @@
 """Bulk tagging: every photo of a folder, zip or CSV gets categories, catalogue matches, a near-duplicate
 group and quality flags.
 
-Decoding runs in worker processes (`vision.preprocess`, the same transform as search) while the main
-process embeds full batches, so the run is bound by the model. Workers hand their pixels over in shared
-memory (`PixelSlots`), not through the pool's pipe. Progress lives in a SQLite state file next
-to the output (`<out>.state.sqlite3`): each batch is one transaction, so a rerun skips what is done and a
-kill at any moment loses at most the batch in flight. The output itself is appended batch by batch (a
-valid partial file at any time) and rewritten at the end, atomically, with the duplicate groups, which
-need every embedding of the run.
+Worker processes (as many as the runtime's `BulkPlan` says: one per core for ONNX Runtime) each take a
+batch, decode it (`vision.preprocess`, the same transform as search) and embed it on their own model
+session, so each core works on one task at a time; the main process matches the results against the
+catalogue and writes them. Progress lives in a SQLite state file next to the output
+(`<out>.state.sqlite3`): each batch is one transaction, so a rerun skips what is done and a kill at any
+moment loses at most the batches in flight. The output itself is appended batch by batch (a valid partial
+file at any time) and rewritten at the end, atomically, with the duplicate groups, which need every
+embedding of the run.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import io
 import json
 import multiprocessing
 import os
-import queue
+import signal
 import sqlite3
 import time
 import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import cv2
@@ -34,7 +35,7 @@ import numpy as np
 
 from api.tagging.sources import Item
 from vision.preprocess import ImageError, InputSpec, Limits, decode_opened, open_image, to_model_input, torch_resize
-from vision.runtimes import Embedder
+from vision.runtimes import Embedder, EmbedderOutput
 
 CSV_COLUMNS = [
     "path", "status", "fine", "fine_probability", "coarse", "coarse_probability", "matches",
@@ -47,8 +48,8 @@ Matcher = Callable[[np.ndarray, np.ndarray, int], list[tuple[str, float]]]
 class TagOptions:
     k: int = 3  # catalogue matches per photo
     batch: int = 32
-    workers: int = 1  # decode processes; the model uses the remaining cores
-    read_ahead: int = 128  # photos decoded ahead of the model at most (shared memory: 150 KB each at 224 px)
+    workers: int = 0  # processes that decode and embed; 0: the runtime's choice (one per core for ONNX Runtime)
+    read_ahead: int = 128  # photos handed to the workers ahead of the writer at most (batches: at least workers + 1)
     # Near-duplicates need both: the same thing (embedding cosine) AND the same picture (layout correlation).
     # The embedding alone cannot tell a re-encoded copy from another photo of the same product: fine-tuning
     # made those close on purpose (measured in bench/tagging.py).
@@ -62,11 +63,17 @@ class TagOptions:
 _worker: dict = {}
 
 
-def _init_worker(spec: InputSpec, limits: Limits, options: TagOptions, slots_name: str, slots_shape: tuple[int, ...]) -> None:
+def _init_worker(spec: InputSpec, limits: Limits, options: TagOptions, embedder_factory: Callable[[], Embedder]) -> None:
+    # Ctrl-C reaches the whole process group; the run that owns the workers decides when they stop (the CLI
+    # writes its partial output, a server's job runner re-queues its job), not the signal, mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
-    memory = shared_memory.SharedMemory(slots_name)  # the main process owns it and unlinks it
-    _worker.update(spec=spec, limits=limits, options=options, zips={}, memory=memory, resize=torch_resize(),
-                   slots=np.ndarray(slots_shape, np.uint8, buffer=memory.buf))
+    _worker.update(spec=spec, limits=limits, options=options, zips={}, resize=torch_resize(),
+                   pixels=np.empty((options.batch, spec.size, spec.size, 3), np.uint8))
+    try:
+        _worker["embedder"] = embedder_factory()
+    except Exception as exc:  # raised from tag_batch instead, where the run reports it; from here it would be lost
+        _worker["embedder_error"] = exc
 
 
 def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
@@ -91,55 +98,17 @@ def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
                   "_layout": info_layout}
 
 
-def analyse_into_slot(task: tuple[Item, int]) -> tuple[Item, int, dict]:
-    """`analyse` into shared-memory slot `slot`: only the slot number travels back."""
-    item, slot = task
-    item, info = analyse(item, _worker["slots"][slot])
-    return item, slot, info
-
-
-class PixelSlots:
-    """Model-input slots in shared memory, lent to decode workers one photo at a time.
-
-    A worker writes a photo's pixels (150 KB at 224 px) into its slot and returns only the slot number; the
-    main process copies them straight into the batch. Through the pool's pipe every photo was pickled,
-    sent, received and unpickled: on 1,000 bench photos (model stubbed out) the main process's CPU fell from
-    0.89 to 0.54 ms per photo, time the model's threads get back. Handing out slots also bounds how far
-    decoding runs ahead: `take` blocks while every slot is in use.
-    """
-
-    def __init__(self, count: int, shape: tuple[int, ...]):
-        self.shape = (count, *shape)
-        self.memory = shared_memory.SharedMemory(create=True, size=int(np.prod(self.shape)))
-        self.array = np.ndarray(self.shape, np.uint8, buffer=self.memory.buf)
-        self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        for slot in range(count):
-            self._free.put(slot)
-
-    def take(self) -> int | None:
-        """A free slot, waiting for one; None once `stop` was called."""
-        return self._free.get()
-
-    def release(self, slot: int) -> None:
-        self._free.put(slot)
-
-    def tasks(self, items: Sequence[Item]):
-        """(item, slot) for each item while slots last: the pool's task feeder blocks here, not on memory."""
-        for item in items:
-            slot = self.take()
-            if slot is None:
-                return
-            yield item, slot
-
-    def stop(self) -> None:
-        """Wake a feeder waiting in `take`: it stops feeding (the pool's terminate waits for it)."""
-        self._free.put(None)
-
-    def close(self) -> None:
-        """Free the memory, once no worker writes to it."""
-        del self.array
-        self.memory.close()
-        self.memory.unlink()
+def tag_batch(items: Sequence[Item]) -> tuple[list[tuple[Item, dict]], EmbedderOutput | None]:
+    """Decode a batch and embed the photos that decoded, in this worker: (item, analysis) of every photo in
+    order, and the model's outputs of the readable ones in the same order (None when none was)."""
+    if "embedder_error" in _worker:
+        raise _worker["embedder_error"]
+    pixels = _worker["pixels"]
+    analysed, readable = [], 0
+    for item in items:
+        analysed.append(analyse(item, pixels[readable]))
+        readable += analysed[-1][1]["status"] == "ok"
+    return analysed, _worker["embedder"].embed(pixels[:readable]) if readable else None
 
 
 def layout_vector(gray: np.ndarray) -> np.ndarray:
@@ -203,12 +172,20 @@ class TagState:
             return keys, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
         return keys, np.stack(vectors), np.stack(layouts)
 
-    def set_groups(self, groups: dict[str, int]) -> None:
+    def set_groups(self, groups: dict[str, int]) -> list[dict]:
+        """Store each photo's duplicate group (None: none) and return every row in input order, as `rows`.
+        Only rows whose group changed are rewritten: most photos have none, before and after."""
+        rows, changed = [], []
+        for key, row in self.db.execute("SELECT key, row FROM photos ORDER BY ord"):
+            data = json.loads(row)
+            group = groups.get(key)
+            if data.get("duplicate_group") != group:
+                data["duplicate_group"] = group
+                changed.append((json.dumps(data), key))
+            rows.append(data)
         with self.db:
-            for key, row in list(self.db.execute("SELECT key, row FROM photos")):
-                data = json.loads(row)
-                data["duplicate_group"] = groups.get(key)
-                self.db.execute("UPDATE photos SET row = ? WHERE key = ?", (json.dumps(data), key))
+            self.db.executemany("UPDATE photos SET row = ? WHERE key = ?", changed)
+        return rows
 
     def close(self) -> None:
         self.db.close()
@@ -262,7 +239,13 @@ def duplicate_groups(keys: list[str], embeddings: np.ndarray, threshold: float,
         return {}
     index = faiss.IndexFlatIP(embeddings.shape[1])
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    lims, _, ids = index.range_search(np.ascontiguousarray(embeddings, dtype=np.float32), threshold)
+    # The run's one step on a single thread while the other cores wait: give it all of them (0.3 -> 0.15 s
+    # for 5,000 photos on 2 cores), then back to the one thread every index search in this thread expects.
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    try:
+        lims, _, ids = index.range_search(np.ascontiguousarray(embeddings, dtype=np.float32), threshold)
+    finally:
+        faiss.omp_set_num_threads(1)
     # Candidate pairs as arrays: the same product's other shots pass the embedding test by the thousand, the
     # layout test (vectorised here; a Python loop over the pairs took 0.4 s of a 5,000-photo run) drops them.
     first = np.repeat(np.arange(len(keys)), np.diff(lims.astype(np.int64)))
@@ -316,13 +299,15 @@ class TagSummary:
 class Tagger:
     def __init__(self, embedder: Embedder, matcher: Matcher | None = None, options: TagOptions = TagOptions(),
                  limits: Limits = Limits(), start_method: str | None = None):
-        # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server must use "spawn".
-        self.start_method = start_method or ("fork" if os.name == "posix" else "spawn")
+        self.plan = embedder.bulk_plan()
+        self.workers = options.workers or self.plan.workers
+        # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server, and a runtime whose
+        # client library cannot cross a fork (gRPC), must use "spawn".
+        self.start_method = start_method or ("fork" if os.name == "posix" and self.plan.fork_safe else "spawn")
         if self.start_method == "fork":
-            # Imports torch here, once: forked decode workers inherit it. Otherwise each would spend 1.2 s on the
-            # import at the start of every run while the model waits for its first batch.
+            # Imports torch here, once: forked workers inherit it. Otherwise each would spend 1.2 s on the
+            # import at the start of every run before its first batch.
             torch_resize(threads=None)
-        self.embedder, self.embed_concurrency = embedder.for_bulk()
         self.matcher = matcher
         self.options = options
         self.limits = limits
@@ -361,72 +346,82 @@ class Tagger:
             if complete:
                 keys, vectors, layouts = state.embeddings()
                 found = duplicate_groups(keys, vectors, self.options.duplicate_threshold, layouts, self.options.layout_threshold)
-                state.set_groups(found)
+                write_output(out, state.set_groups(found))
                 groups = len(set(found.values()))
-            write_output(out, state.rows())
+            else:
+                write_output(out, state.rows())
             return TagSummary(len(items), finished + tagged, tagged, unreadable, groups, time.perf_counter() - started)
         finally:
             state.close()
 
     def _batches(self, todo: Sequence[Item], order: dict[str, int], should_stop):
-        """Rows per batch, pipelined: the decoder processes decode ahead; `embed_concurrency` batches are
-        embedded at once on threads of their own (ONNX Runtime and the gRPC client release the GIL); this
-        thread matches the oldest finished batch against the catalogue while the caller writes its rows."""
+        """Rows per batch, in input order: the workers decode and embed batches while this process matches
+        and writes the ones they finished. A stop ends the run at once: the batches still with the workers
+        are dropped, and a rerun does them.
+
+        A worker that dies (a photo that crashes a decoder, the system killing it) breaks the pool. The
+        batches that were with the workers are then redone photo by photo, each alone in a fresh pool: a
+        photo that kills its worker again is reported unreadable, the rest are tagged. Workers that die on 3
+        photos in a row mean something else is wrong: the run stops with an error, blaming none of them, so
+        that a rerun tries them again.
+        """
         options = self.options
-        spec = self.manifest.input.spec()
-        chunk = 16  # photos per pool message: fewer wake-ups of the main process (0.3 -> 0.2 ms CPU per photo vs 4)
-        slots = PixelSlots(max(options.read_ahead, 2 * options.workers * chunk), (spec.size, spec.size, 3))
-        ctx = multiprocessing.get_context(self.start_method)
+        ahead = max(self.workers + 1, -(-options.read_ahead // options.batch))  # batches out with the workers
+        waiting = deque(todo[at: at + options.batch] for at in range(0, len(todo), options.batch))
+        suspects: deque[Item] = deque()  # photos of batches lost with a worker, to redo one by one
+        in_flight: deque[tuple[list[Item], Future, bool]] = deque()  # (batch, its result, alone in the pool)
+        blamed: list = []  # rows of photos that killed their worker when alone in it, the last ones in a row
+        pool = self._pool()
         try:
-            pool = ctx.Pool(options.workers, _init_worker, (spec, self.limits, options, slots.memory.name, slots.shape))
-        except BaseException:
-            slots.close()  # no worker started: nothing else would unlink the shared memory
-            raise
-        embedding = ThreadPoolExecutor(self.embed_concurrency, thread_name_prefix="tag-embed")
-        in_flight: deque = deque()  # (batch, rows of photos that did not decode, future of its embeddings)
-
-        def start(batch, pixels, rejects) -> None:
-            future = embedding.submit(self.embedder.embed, pixels[: len(batch)]) if batch else None
-            in_flight.append((batch, rejects, future))
-
-        try:
-            pending: list[tuple[Item, dict]] = []
-            pixels = np.empty((options.batch, spec.size, spec.size, 3), np.uint8)
-            bad: list[tuple[str, int, dict, None, None]] = []
-            for item, slot, info in pool.imap(analyse_into_slot, slots.tasks(todo), chunksize=chunk):
-                if info["status"] != "ok":
-                    bad.append((item.key, order[item.key], {"path": item.key, **info, "duplicate_group": None}, None, None))
+            while waiting or suspects or in_flight:
+                if suspects:
+                    if not in_flight:  # alone in the pool, so that a crash names its photo
+                        batch = [suspects.popleft()]
+                        in_flight.append((batch, pool.submit(tag_batch, batch), True))
                 else:
-                    pixels[len(pending)] = slots.array[slot]
-                    pending.append((item, info))
-                slots.release(slot)
-                if len(pending) >= options.batch:
-                    start(pending, pixels, bad)
-                    pending, bad = [], []
-                    pixels = np.empty_like(pixels)  # the embedding thread still reads the last one
-                    while len(in_flight) > self.embed_concurrency:
-                        yield self._finish(*in_flight.popleft(), order)
-                    if should_stop and should_stop():
-                        break
-            else:
-                if pending or bad:
-                    start(pending, pixels, bad)
-            while in_flight:  # also on a stop: batches already embedding are not thrown away
-                yield self._finish(*in_flight.popleft(), order)
+                    while waiting and len(in_flight) < ahead:
+                        batch = waiting.popleft()
+                        in_flight.append((batch, pool.submit(tag_batch, batch), False))
+                batch, future, alone = in_flight.popleft()
+                try:
+                    analysed, out = future.result()
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = self._pool()
+                    if not alone:
+                        lost = [batch, *(b for b, _, _ in in_flight)]
+                        in_flight.clear()
+                        suspects.extendleft(reversed([item for b in lost for item in b]))
+                        continue
+                    if len(blamed) == 2:
+                        raise RuntimeError("tagging workers died on 3 photos in a row, each alone in its worker; the photos "
+                                           "tagged so far are kept, run again to resume") from None
+                    blamed += self._rows([(batch[0], {"status": "unreadable", "flags": ["unreadable"],
+                                                      "error": "its worker process died while decoding or embedding it"})],
+                                         None, order)
+                    continue
+                # A photo is blamed for its worker's death only once a fresh worker has tagged another one.
+                yield blamed + self._rows(analysed, out, order)
+                blamed = []
+                if should_stop and should_stop():
+                    break
+            else:  # ran to the end, not stopped: the last photo blamed has no later one to wait for
+                if blamed:
+                    yield blamed
         finally:
-            embedding.shutdown(wait=True, cancel_futures=True)
-            slots.stop()
-            pool.terminate()
-            pool.join()
-            slots.close()
+            pool.shutdown(wait=False, cancel_futures=True)  # a worker finishes the batch in hand, then exits
 
-    def _finish(self, batch, rejects, future, order: dict[str, int]):
-        return (self._rows(batch, future.result(), order) if future is not None else []) + rejects
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, multiprocessing.get_context(self.start_method), initializer=_init_worker,
+                                   initargs=(self.manifest.input.spec(), self.limits, self.options, self.plan.factory))
 
-    def _rows(self, batch: list[tuple[Item, dict]], out, order: dict[str, int]):
+    def _rows(self, analysed: list[tuple[Item, dict]], out: EmbedderOutput | None, order: dict[str, int]):
         fine_labels, coarse_labels = self.manifest.fine_labels, self.manifest.coarse_labels
-        rows = []
-        for i, (item, info) in enumerate(batch):
+        rows, i = [], 0
+        for item, info in analysed:
+            if info["status"] != "ok":
+                rows.append((item.key, order[item.key], {"path": item.key, **info, "duplicate_group": None}, None, None))
+                continue
             info = dict(info)
             layout = info.pop("_layout")
             f, c = int(out.fine_probs[i].argmax()), int(out.coarse_probs[i].argmax())
@@ -439,4 +434,5 @@ class Tagger:
                 "duplicate_group": None, **info,
             }
             rows.append((item.key, order[item.key], row, out.embedding[i], layout))
+            i += 1
         return rows

@@ -1,7 +1,7 @@
 """Where the photos of a tagging run come from: a folder, a zip, or a CSV of paths.
 
 Every source yields `(key, locator)` pairs: the key names the photo in the output (a path relative to the
-folder or CSV, or the zip member name) and the locator is what a decode worker needs to read its bytes.
+folder or CSV, or the zip member name) and the locator is what a tagging worker needs to read its bytes.
 Zips are checked before anything is read: absolute names, `..`, links and oversized members are refused,
 and so are CSV paths that leave the allowed root.
 """

@@ -6,6 +6,7 @@ Every runtime implements the `Embedder` protocol and is picked by one setting (`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,21 @@ class EmbedderOutput:
     embedding: np.ndarray  # (N, D) float32, L2-normalised
     fine_probs: np.ndarray  # (N, len(manifest.fine_labels))
     coarse_probs: np.ndarray  # (N, len(manifest.coarse_labels))
+
+
+@dataclass(frozen=True)
+class BulkPlan:
+    """How bulk work (tagging) runs an embedder: `workers` processes at once, each decoding its own batches
+    and embedding them on the embedder `factory` builds in that process.
+
+    A process that decodes and then embeds keeps one core busy with one task at a time; a decoder process
+    beside model threads in another made three busy tasks share two cores, and every switch between them
+    cost cache (bench/tagging.py).
+    """
+
+    factory: Callable[[], "Embedder"]  # picklable, called in the worker process
+    workers: int
+    fork_safe: bool = True  # False: the runtime's client library must start afresh in a spawned process (gRPC)
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -41,8 +57,8 @@ class Embedder(Protocol):
     def embed(self, pixels: np.ndarray) -> EmbedderOutput:
         """pixels: uint8 (N, H, W, 3) as produced by vision.preprocess.load_image."""
 
-    def for_bulk(self) -> tuple["Embedder", int]:
-        """The embedder to use for bulk work (tagging) and how many batches to keep in flight on it."""
+    def bulk_plan(self) -> BulkPlan:
+        """How bulk work (tagging) runs this model: see `BulkPlan`."""
 
 
 def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, triton_model: str = "product_embedder",

@@ -10,14 +10,16 @@ caller gets `EmbedderUnavailable` (the API answers 503).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
-from vision.runtimes import EmbedderOutput, EmbedderUnavailable
+from vision.runtimes import BulkPlan, EmbedderOutput, EmbedderUnavailable
 
 # gRPC codes worth another try: the server restarting, a dropped connection, a full queue, a late answer.
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED"}
@@ -37,6 +39,7 @@ class TritonEmbedder:
     def __init__(self, url: str, model_dir: str | Path, model_name: str = "product_embedder",
                  timeout_s: float = 5.0, retries: int = 2):
         self.url = parse_url(url)
+        self.model_dir = Path(model_dir)
         self.manifest = ModelManifest.load(model_dir)
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -100,9 +103,11 @@ class TritonEmbedder:
         if any(served.get(name) != size for name, size in want.items()):
             raise ValueError(f"Triton model {self.model_name!r} outputs {served}, the manifest expects {want}")
 
-    def for_bulk(self) -> tuple["TritonEmbedder", int]:
-        # Several batches in flight keep Triton's instances busy while results travel back.
-        return self, 4
+    def bulk_plan(self) -> BulkPlan:
+        # The model runs on the server: the cores decode, one worker each with its own client, and their
+        # batches in flight at once keep Triton's instances busy. gRPC must not be used in a forked child.
+        return BulkPlan(partial(TritonEmbedder, self.url, self.model_dir, self.model_name, timeout_s=self.timeout_s,
+                                retries=self.retries), os.cpu_count() or 1, fork_safe=False)
 
     @property
     def loaded(self) -> bool:
