@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import asynccontextmanager
 
@@ -47,6 +48,9 @@ def start_jobs(settings: Settings, service: CatalogService):
     from vision.preprocess import Limits
 
     def tagger(options: TagOptions) -> Tagger:
+        # The server's setting, not the job's: clients cannot choose it, and a job saved by an older version
+        # resumes with today's.
+        options = dataclasses.replace(options, workers=settings.tagging_workers)
         return Tagger(service.embedder, service.catalogue_matches, options, Limits(settings.max_upload_bytes, settings.max_image_pixels),
                       start_method="spawn")
 

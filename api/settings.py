@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
     tagging_root: Path | None = Field(None, description="folder that CSV tagging jobs may read photos from; unset: CSV jobs refused")
     max_tagging_upload_bytes: int = Field(2 * 1024**3, gt=0, description="largest zip or CSV accepted by POST /v1/tagging/jobs")
+    tagging_workers: int = Field(0, ge=0, description="processes a tagging job decodes and embeds on; 0 = one per core "
+                                 "(fewer keep cores for searches while a job runs)")
     require_keys: bool | None = Field(None, description="API keys required; unset: required unless listening on loopback")
     rate_limit_per_s: float = Field(50.0, gt=0, description="requests per second per API key (per address without keys)")
     rate_limit_burst: int = Field(100, gt=0, description="burst allowance of the rate limit")

@@ -137,3 +137,14 @@ def test_jobs_survive_a_restart(tmp_path):
         assert done["state"] == "done" and done["done"] == 200
         rows = list(csv.DictReader(io.StringIO(client.get(done["results_url"]).text)))
         assert len(rows) == 200 and len({r["path"] for r in rows}) == 200
+
+
+def test_jobs_run_on_the_servers_worker_setting(tmp_path):
+    """SEESKU_TAGGING_WORKERS decides, whatever a job's saved options say; 0 is the runtime's own plan."""
+    from api.tagging.engine import TagOptions
+
+    with TestClient(create_app(make_settings(tmp_path / "one", load_samples=False, tagging_workers=1))) as client:
+        assert client.app.state.jobs.tagger_factory(TagOptions(workers=3)).workers == 1
+    with TestClient(create_app(make_settings(tmp_path / "all", load_samples=False))) as client:
+        service = client.app.state.service
+        assert client.app.state.jobs.tagger_factory(TagOptions(workers=1)).workers == service.embedder.bulk_plan().workers
