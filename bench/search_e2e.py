@@ -37,11 +37,12 @@ from vision.preprocess import load_image
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
 
-def start_server() -> tuple[str, subprocess.Popen]:
+def start_server(settings: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
+    """`seesku serve` with the sample catalogue on a free port and a fresh data dir; `settings`: more env."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "SEESKU_DATA_DIR": tempfile.mkdtemp(prefix="seesku-bench-")}
+    env = {**os.environ, "SEESKU_DATA_DIR": tempfile.mkdtemp(prefix="seesku-bench-"), **(settings or {})}
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
