@@ -165,6 +165,8 @@ def tag(
     duplicate_threshold: Annotated[float, typer.Option(min=0, max=1, help="embedding cosine for near-duplicates")] = 0.90,
     layout_threshold: Annotated[float, typer.Option(min=-1, max=1, help="and layout (16x16 grey) correlation")] = 0.92,
     blur_threshold: Annotated[float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")] = 60.0,
+    stall_timeout: Annotated[float, typer.Option(min=1, help="seconds after which a batch the workers still hold has "
+                                                 "hung: its photo is found and reported unreadable")] = 300.0,
 ) -> None:
     """Tag every photo: categories, closest catalogue products, near-duplicate groups, quality flags."""
     from api.tagging.engine import TagOptions, Tagger, output_format
@@ -186,7 +188,7 @@ def tag(
 
     embedder = service.embedder if service else create_service_embedder(settings)
     options = TagOptions(k=k, batch=batch, workers=workers, duplicate_threshold=duplicate_threshold,
-                         layout_threshold=layout_threshold, blur_threshold=blur_threshold)
+                         layout_threshold=layout_threshold, blur_threshold=blur_threshold, stall_timeout_s=stall_timeout)
     tagger = Tagger(embedder, matcher, options,
                     Limits(settings.max_upload_bytes, settings.max_image_pixels))
     progress, update = _progress("tagging")

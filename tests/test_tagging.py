@@ -2,11 +2,13 @@
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import signal
 import stat
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 
@@ -160,7 +162,9 @@ def test_stop_while_workers_run_ahead_returns_and_resumes(tmp_path, embedder):
     for i in range(60):
         shutil.copy(PHOTOS[i % len(PHOTOS)], root / f"{i:02d}.jpg")
     items, out = list_items(root), tmp_path / "tags.csv"
-    stopped = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(items, out, should_stop=lambda: True))
+    first_written = threading.Event()
+    stopped = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(
+        items, out, progress=lambda done, total: done and first_written.set(), should_stop=first_written.is_set))
     assert stopped.tagged_now == 4  # the first batch, then the stop
     assert len(read_csv(out)) == 4
     summary = Tagger(embedder, options=TagOptions(batch=4)).run(items, out)  # resumes to the end
@@ -209,10 +213,56 @@ def test_workers_dying_on_every_photo_stop_the_run_with_an_error(folder, tmp_pat
     items = list_items(folder)
     items = [*items[:4], *(WorkerKillingItem(f"poison-{i}.jpg", items[0].path) for i in range(4)), *items[4:]]
     out = tmp_path / "tags.csv"
-    with pytest.raises(RuntimeError, match="died on 3 photos in a row"):
+    with pytest.raises(RuntimeError, match="failed on 3 photos in a row"):
         within(120, lambda: Tagger(embedder, options=TagOptions(batch=4)).run(items, out))
     rows = read_csv(out)  # a valid partial output: the first batch, and no photo blamed (a rerun tries them again)
     assert set(rows) == {i.key for i in items[:4]}
+
+
+@dataclass(frozen=True)
+class StallingItem(Item):
+    """A photo on which its worker hangs, as a decoder stuck in a loop would."""
+
+    def read(self, zips=None):
+        time.sleep(3600)
+
+
+def no_worker_left(seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not multiprocessing.active_children()
+
+
+def test_a_photo_that_stalls_its_worker_is_reported_and_the_rest_are_tagged(folder, tmp_path, embedder):
+    items = list_items(folder)
+    stall = StallingItem("stall.jpg", items[0].path)
+    items = [*items[:5], stall, *items[5:]]
+    out = tmp_path / "tags.csv"
+    summary = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4, stall_timeout_s=4)).run(items, out))
+    rows = read_csv(out)
+    assert summary.done == len(rows) == len(items) and summary.unreadable == 2
+    assert rows["stall.jpg"]["status"] == "unreadable" and "longer than 4 s" in rows["stall.jpg"]["error"]
+    assert {k for k, r in rows.items() if r["status"] != "ok"} == {"stall.jpg", "corrupt.jpg"}
+    assert no_worker_left()  # the stalled worker was stopped, not left sleeping
+
+
+def test_a_stop_is_seen_while_a_worker_stalls(folder, tmp_path, embedder):
+    """DELETE on a job, or a server shutting down, must not wait for the stall timeout; nor may a hung worker
+    outlive the run."""
+    items = list_items(folder)
+    items = [*items[:4], StallingItem("stall.jpg", items[0].path), *items[4:]]
+    first_written, asked = threading.Event(), []
+
+    def should_stop():  # no after the first batch is written, yes from then on: while the next one stalls
+        if first_written.is_set():
+            asked.append(time.monotonic())
+        return len(asked) > 1
+
+    summary = within(60, lambda: Tagger(embedder, options=TagOptions(batch=4)).run(
+        items, tmp_path / "tags.csv", progress=lambda done, total: done and first_written.set(), should_stop=should_stop))
+    assert summary.done == 4 and asked[1] - asked[0] < 5  # seen within the wait, not after the 300 s stall timeout
+    assert no_worker_left()
 
 
 def test_state_refuses_another_input(folder, tmp_path, embedder):

@@ -57,6 +57,10 @@ class TagOptions:
     layout_threshold: float = 0.92  # both chosen on a folder generated with another seed than the bench's
     blur_threshold: float = 60.0  # variance of the Laplacian of the model input below which a photo is blurry
     min_side: int = 64  # photos with a shorter side are flagged too small
+    # A batch the workers have held this long has hung (a decoder stuck on a photo, a runtime that never
+    # answers): its worker is stopped and the photo that hangs is found as a crashing one is. A batch of 32
+    # takes well under a second on a laptop core; a fresh worker's start is counted too (a few seconds).
+    stall_timeout_s: float = 300.0
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -117,6 +121,19 @@ def layout_vector(gray: np.ndarray) -> np.ndarray:
     small = cv2.resize(gray, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     small -= small.mean()
     return small / (np.linalg.norm(small) + 1e-6)
+
+
+class _Stalled(Exception):
+    """A batch outlived TagOptions.stall_timeout_s with the workers."""
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's workers now, whatever they are doing, and let the pool go. Python 3.14 has
+    `ProcessPoolExecutor.kill_workers()`; before it the process handles are only in `_processes`."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -359,11 +376,12 @@ class Tagger:
         and writes the ones they finished. A stop ends the run at once: the batches still with the workers
         are dropped, and a rerun does them.
 
-        A worker that dies (a photo that crashes a decoder, the system killing it) breaks the pool. The
-        batches that were with the workers are then redone photo by photo, each alone in a fresh pool: a
-        photo that kills its worker again is reported unreadable, the rest are tagged. Workers that die on 3
-        photos in a row mean something else is wrong: the run stops with an error, blaming none of them, so
-        that a rerun tries them again.
+        A worker that dies (a photo that crashes a decoder, the system killing it) breaks the pool, and so does
+        a batch that stalls (`stall_timeout_s`: the workers are then killed). The batches that were with the
+        workers are then redone photo by photo, each alone in a fresh pool: a photo that kills or stalls its
+        worker again is reported unreadable, the rest are tagged. Workers that fail on 3 photos in a row mean
+        something else is wrong: the run stops with an error, blaming none of them, so that a rerun tries
+        them again.
         """
         options = self.options
         ahead = max(self.workers + 1, -(-options.read_ahead // options.batch))  # batches out with the workers
@@ -384,9 +402,12 @@ class Tagger:
                         in_flight.append((batch, pool.submit(tag_batch, batch), False))
                 batch, future, alone = in_flight.popleft()
                 try:
-                    analysed, out = future.result()
-                except BrokenProcessPool:
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    result = self._result(future, should_stop)
+                    if result is None:
+                        break
+                    analysed, out = result
+                except (BrokenProcessPool, _Stalled) as failure:
+                    _kill_workers(pool)
                     pool = self._pool()
                     if not alone:
                         lost = [batch, *(b for b, _, _ in in_flight)]
@@ -394,10 +415,12 @@ class Tagger:
                         suspects.extendleft(reversed([item for b in lost for item in b]))
                         continue
                     if len(blamed) == 2:
-                        raise RuntimeError("tagging workers died on 3 photos in a row, each alone in its worker; the photos "
-                                           "tagged so far are kept, run again to resume") from None
-                    blamed += self._rows([(batch[0], {"status": "unreadable", "flags": ["unreadable"],
-                                                      "error": "its worker process died while decoding or embedding it"})],
+                        raise RuntimeError("tagging workers failed on 3 photos in a row, each alone in its worker (died or "
+                                           "stalled); the photos tagged so far are kept, run again to resume") from None
+                    error = ("its worker process died while decoding or embedding it" if isinstance(failure, BrokenProcessPool)
+                             else f"decoding and embedding it took longer than {self.options.stall_timeout_s:g} s; "
+                                  "its worker process was stopped")
+                    blamed += self._rows([(batch[0], {"status": "unreadable", "flags": ["unreadable"], "error": error})],
                                          None, order)
                     continue
                 # A photo is blamed for its worker's death only once a fresh worker has tagged another one.
@@ -408,8 +431,26 @@ class Tagger:
             else:  # ran to the end, not stopped: the last photo blamed has no later one to wait for
                 if blamed:
                     yield blamed
+                pool.shutdown(wait=True)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # a worker finishes the batch in hand, then exits
+            # Stopped, interrupted or failed: the batches still with the workers are dropped, so the workers
+            # are too, at once. Left to finish, a stalled one would also hold up the exit of this process.
+            _kill_workers(pool)
+
+    def _result(self, future: Future, should_stop) -> tuple | None:
+        """A batch's result, waited for in short slices so that a stop is seen while a worker is busy; None
+        on a stop; `_Stalled` when the workers have held it `stall_timeout_s` (counted from the moment it is
+        the oldest batch: the pool runs batches in order, so by then it has been with a worker at least
+        that long)."""
+        deadline = time.monotonic() + self.options.stall_timeout_s
+        while True:
+            try:
+                return future.result(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if should_stop and should_stop():
+                    return None
+                if time.monotonic() >= deadline:
+                    raise _Stalled from None
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, multiprocessing.get_context(self.start_method), initializer=_init_worker,
