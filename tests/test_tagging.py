@@ -196,19 +196,6 @@ class WorkerKillingItem(Item):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_photo_that_kills_its_worker_is_reported_and_the_rest_are_tagged(folder, tmp_path, embedder):
-    items = list_items(folder)
-    poison = WorkerKillingItem("poison.jpg", items[0].path)
-    items = [*items[:5], poison, *items[5:]]
-    out = tmp_path / "tags.csv"
-    summary = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4)).run(items, out))
-    rows = read_csv(out)
-    assert summary.done == len(rows) == len(items) and summary.unreadable == 2
-    assert rows["poison.jpg"]["status"] == "unreadable" and "worker process died" in rows["poison.jpg"]["error"]
-    assert {k for k, r in rows.items() if r["status"] != "ok"} == {"poison.jpg", "corrupt.jpg"}
-    assert rows[PHOTOS[0].name]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"] != ""
-
-
 def test_workers_dying_on_every_photo_stop_the_run_with_an_error(folder, tmp_path, embedder):
     items = list_items(folder)
     items = [*items[:4], *(WorkerKillingItem(f"poison-{i}.jpg", items[0].path) for i in range(4)), *items[4:]]
@@ -234,17 +221,20 @@ def no_worker_left(seconds: float = 10.0) -> bool:
     return not multiprocessing.active_children()
 
 
-def test_a_photo_that_stalls_its_worker_is_reported_and_the_rest_are_tagged(folder, tmp_path, embedder):
+@pytest.mark.parametrize("bad_item, error", [(WorkerKillingItem, "worker process died"), (StallingItem, "longer than 4 s")],
+                         ids=["kills", "stalls"])
+def test_a_photo_that_kills_or_stalls_its_worker_is_reported_and_the_rest_are_tagged(folder, tmp_path, embedder,
+                                                                                       bad_item, error):
     items = list_items(folder)
-    stall = StallingItem("stall.jpg", items[0].path)
-    items = [*items[:5], stall, *items[5:]]
+    items = [*items[:5], bad_item("bad.jpg", items[0].path), *items[5:]]
     out = tmp_path / "tags.csv"
     summary = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4, stall_timeout_s=4)).run(items, out))
     rows = read_csv(out)
     assert summary.done == len(rows) == len(items) and summary.unreadable == 2
-    assert rows["stall.jpg"]["status"] == "unreadable" and "longer than 4 s" in rows["stall.jpg"]["error"]
-    assert {k for k, r in rows.items() if r["status"] != "ok"} == {"stall.jpg", "corrupt.jpg"}
-    assert no_worker_left()  # the stalled worker was stopped, not left sleeping
+    assert rows["bad.jpg"]["status"] == "unreadable" and error in rows["bad.jpg"]["error"]
+    assert {k for k, r in rows.items() if r["status"] != "ok"} == {"bad.jpg", "corrupt.jpg"}
+    assert rows[PHOTOS[0].name]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"] != ""
+    assert no_worker_left()  # a stalled worker was stopped, not left sleeping
 
 
 def test_a_stop_is_seen_while_a_worker_stalls(folder, tmp_path, embedder):
