@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast triton bench export-onnx clean
+.PHONY: run test test-fast lint triton bench export-onnx clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ $(VENV)/.browser: | $(BIN)/python
 run: $(VENV)/.serve
 	$(BIN)/seesku serve
 
-test: $(VENV)/.dev $(VENV)/.browser $(VENV)/.triton
+test: $(VENV)/.dev $(VENV)/.browser $(VENV)/.triton lint
 	$(BIN)/python -m pytest -q
+
+# ruff, configured in pyproject.toml: lint and format are checked, never applied, by `make test`.
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Everything but the tests marked slow.
 test-fast: $(VENV)/.dev $(VENV)/.triton

@@ -7,18 +7,21 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.auth import KeyStore, TokenBuckets, authorise, is_loopback
+from api.catalog.csv_io import import_catalog_csv, import_events_csv
 from api.catalog.service import CatalogService
-from api.logs import RequestLogMiddleware
-from api.metrics import Metrics, MetricsMiddleware
+from api.middleware.logs import RequestLogMiddleware
+from api.middleware.metrics import Metrics, MetricsMiddleware
+from api.middleware.security_headers import SecurityHeadersMiddleware
+from api.middleware.timeouts import TimeoutMiddleware
 from api.routers import catalog_info, pages, products, search, tagging, users
-from api.security import KeyStore, SecurityHeadersMiddleware, TokenBuckets, authorise, is_loopback
 from api.settings import Settings, get_settings
-from api.timeouts import TimeoutMiddleware
+from api.shoppers import ShopperService
 
 log = logging.getLogger("seesku")
 
@@ -27,32 +30,32 @@ def start_service(settings: Settings) -> CatalogService:
     """Open the catalogue (checking the index against it) and import the samples into an empty one."""
     service = CatalogService(settings)
     service.open()
-    if settings.load_samples and service.store.count_products() == 0 and settings.sample_catalog.exists():
+    if settings.load_samples and service.count_products() == 0 and settings.sample_catalog.exists():
         log.info("empty catalogue: importing the sample catalogue %s", settings.sample_catalog)
-        service.import_csv(settings.sample_catalog)
+        import_catalog_csv(service, settings.sample_catalog)
         events = settings.sample_catalog.parent / "events.csv"
         if events.exists():
             log.info("importing the synthetic sample shopper events %s", events)
-            service.import_events_csv(events)
-    log.info(
-        "seesku ready: model %s, %d products, %d vectors",
-        service.model_id, service.store.count_products(), len(service.index),
-    )
+            import_events_csv(service, events)
+    log.info("seesku ready: model %s, %d products, %d vectors", service.model_id, service.count_products(), service.vectors)
     return service
+
+
+def start_shoppers(settings: Settings, service: CatalogService) -> ShopperService:
+    """Shopper events and the shopper model, over the catalogue's store and ranking rule."""
+    return ShopperService(service.store, service.ranking, settings.create_shopper_scorer(), settings.personal_weight)
 
 
 def start_jobs(settings: Settings, service: CatalogService):
     """The tagging-job runner, sharing the service's model and catalogue."""
-    from api.tagging.engine import TagOptions, Tagger
     from api.tagging.jobs import JobRunner, JobStore
-    from vision.preprocess import Limits
+    from api.tagging.run import Tagger, TagOptions
 
     def tagger(options: TagOptions) -> Tagger:
         # The server's setting, not the job's: clients cannot choose it, and a job saved by an older version
         # resumes with today's.
         options = dataclasses.replace(options, workers=settings.tagging_workers)
-        return Tagger(service.embedder, service.catalogue_matches, options, Limits(settings.max_upload_bytes, settings.max_image_pixels),
-                      start_method="spawn")
+        return Tagger(service.embedder, service.ranking.catalogue_matches, options, settings.limits(), start_method="spawn")
 
     runner = JobRunner(JobStore(settings.data_dir / "jobs"), tagger, settings.tagging_root, settings.max_upload_bytes)
     runner.start()
@@ -65,12 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.service = await run_in_threadpool(start_service, settings)
+        app.state.shoppers = await run_in_threadpool(start_shoppers, settings, app.state.service)
         app.state.jobs = await run_in_threadpool(start_jobs, settings, app.state.service)
         try:
             yield
         finally:
             await run_in_threadpool(app.state.jobs.stop)
-            app.state.jobs.store.close()
+            app.state.jobs.close()
+            app.state.shoppers.close()
             await run_in_threadpool(app.state.service.close)
             app.state.keys.close()
 

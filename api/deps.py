@@ -6,14 +6,24 @@ from fastapi import Request
 
 from api.catalog.service import CatalogService
 from api.errors import ApiError
-from api.metrics import Metrics
+from api.middleware.metrics import Metrics
+from api.shoppers import ShopperService
+
+NOT_READY = "the model or the vector index is still loading; retry shortly"
 
 
 async def get_service(request: Request) -> CatalogService:
     service = getattr(request.app.state, "service", None)
     if service is None or not service.ready:
-        raise ApiError(503, "not_ready", "the model or the vector index is still loading; retry shortly")
+        raise ApiError(503, "not_ready", NOT_READY)
     return service
+
+
+async def get_shoppers(request: Request) -> ShopperService:
+    shoppers = getattr(request.app.state, "shoppers", None)
+    if shoppers is None:
+        raise ApiError(503, "not_ready", NOT_READY)
+    return shoppers
 
 
 async def get_metrics(request: Request) -> Metrics:

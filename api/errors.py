@@ -7,8 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.catalog.service import PhotoError, UnknownCategory
-from api.catalog.store import AlreadyExists, NotFound
+from api.catalog.records import AlreadyExists, NotFound, PhotoError, UnknownCategory, UnknownProducts
 from vision.preprocess import ImageError, ImageTooLargeError
 from vision.runtimes import EmbedderUnavailable
 
@@ -25,6 +24,13 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_error(errors: list[dict]) -> ApiError:
+    """The one 422 for bad input: the first problem as the message (`where: what`), every one in details."""
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return ApiError(422, "validation_error", f"{where}: {first['msg']}" if where else first["msg"], errors)
 
 
 def image_status(exc: ImageError) -> int:
@@ -66,14 +72,18 @@ def install(app: FastAPI) -> None:
             422, "unknown_category", f"no product has the fine or coarse category {exc.args[0]!r}; see GET /v1/categories"
         )
 
+    @app.exception_handler(UnknownProducts)
+    async def _unknown_products(_: Request, exc: UnknownProducts):
+        details = [{"event": position, "product_id": product_id} for position, product_id in exc.missing]
+        return error_response(422, "unknown_product", str(exc), details)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return error_response(422, "validation_error", f"{where}: {first['msg']}" if where else first["msg"], errors)
+        error = validation_error(errors)
+        return error_response(error.status, error.code, error.message, error.details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):

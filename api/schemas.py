@@ -8,15 +8,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vision.recommender import CHANNELS, EVENT_TYPES
+
 PRODUCT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 
 
-class Channel(str, Enum):
-    web = "web"
-    app = "app"
-    api = "api"
-    kiosk = "kiosk"
-    batch = "batch"
+# Where a photo or an event came from, and what a shopper did: the shopper model's own lists
+# (vision.recommender), less padding, so the API can never accept a value the model does not read.
+Channel = Enum("Channel", {name: name for name in CHANNELS[1:]}, type=str)
+Channel.__doc__ = "where the request came from"
 
 
 class ErrorBody(BaseModel):
@@ -203,7 +203,7 @@ class DuplicateGroups(BaseModel):
 # -- shopper events and personal recommendations ----------------------------------------------------
 
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"
-EventType = Literal["view", "cart", "purchase", "search_click"]
+EventType = Literal[tuple(EVENT_TYPES[1:])]
 
 
 class EventIn(BaseModel):

@@ -1,13 +1,24 @@
-"""Service settings: environment variables prefixed `SEESKU_` (and a `.env` file), nowhere else."""
+"""Service settings: environment variables prefixed `SEESKU_` (and a `.env` file), nowhere else.
+
+This is also the one place where settings become objects: the upload limits, the embedder and the shopper
+model (one runtime setting, `SEESKU_INFERENCE`), the catalogue store and the vector index (`SEESKU_INDEX`).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vision.preprocess import Limits
+
+if TYPE_CHECKING:
+    from api.catalog.index import VectorIndex
+    from api.catalog.store import CatalogStore
+    from vision.runtimes import Embedder, ShopperScorer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +66,40 @@ class Settings(BaseSettings):
     sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
     host: str = "127.0.0.1"
     port: int = 8000
+
+    # -- settings as objects --------------------------------------------------------------------
+    def limits(self) -> Limits:
+        """What an uploaded photo may be: bytes (413 above) and pixels (422 above)."""
+        return Limits(self.max_upload_bytes, self.max_image_pixels)
+
+    def create_embedder(self) -> Embedder:
+        from vision.runtimes import create_embedder
+
+        return create_embedder(self.inference, self.model_dir, self.onnx_threads, self.triton_model,
+                               self.triton_timeout_s, self.triton_retries)
+
+    def create_shopper_scorer(self) -> ShopperScorer | None:
+        """The shopper model on the same runtime as the embedder; None without an exported one."""
+        from vision.recommender import MANIFEST_NAME
+        from vision.runtimes import create_shopper_scorer
+
+        if self.recommender_dir is None or not (self.recommender_dir / MANIFEST_NAME).exists():
+            return None
+        return create_shopper_scorer(self.inference, self.recommender_dir, self.triton_timeout_s, self.triton_retries)
+
+    def create_store(self) -> CatalogStore:
+        from api.catalog.sqlite import SqliteCatalogStore
+
+        return SqliteCatalogStore(self.data_dir / "catalog.sqlite3")
+
+    def open_index(self, model_id: str, dim: int) -> tuple[VectorIndex, bool]:
+        """The vector index `index` names, for the model's embeddings, and whether it kept its contents
+        from the last run (False: empty, to be rebuilt from the store)."""
+        from api.catalog.index import open_faiss_index
+
+        if self.index == "faiss":
+            return open_faiss_index(self.data_dir / "index" / "images.faiss", model_id, dim, self.hnsw_threshold)
+        raise ValueError(f"unknown vector index {self.index!r}")
 
 
 @lru_cache

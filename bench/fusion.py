@@ -28,11 +28,14 @@ from common import ROOT, emit
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_events import SHELVES  # noqa: E402  the synthetic shoppers' shelves
 
+from api.app import start_shoppers  # noqa: E402
+from api.catalog.csv_io import import_catalog_csv  # noqa: E402
 from api.catalog.service import CatalogService  # noqa: E402
-from api.catalog.store import Event  # noqa: E402
+from api.routers.search import SearchParams, run_search  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from training.data import load_photos  # noqa: E402
 from vision.preprocess import load_image  # noqa: E402
+from vision.recommender import Event  # noqa: E402
 
 
 def history_for(product: str, others: list[str], rng: random.Random) -> list[Event]:
@@ -63,10 +66,11 @@ def main() -> None:
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="seesku-fusion-")))
     service = CatalogService(settings)
     service.open()
-    service.import_csv(settings.sample_catalog)
-    if service.personal is None:
+    import_catalog_csv(service, settings.sample_catalog)
+    shoppers = start_shoppers(settings, service)
+    if shoppers.scorer is None:
         raise SystemExit("no shopper model at SEESKU_RECOMMENDER_DIR")
-    products = {p.product_id: p for p in service.store.all_products()}
+    products = {p.product_id: p for p, _ in service.list_products(None, None, 10_000)}
     shelf_of = {pid: SHELVES.get(p.coarse_category, p.coarse_category) for pid, p in products.items()}
     shelves: dict[str, list[str]] = {}
     for pid, shelf in shelf_of.items():
@@ -85,7 +89,7 @@ def main() -> None:
             continue
         data = photo.path.read_bytes()
         out = service.embedder.embed(load_image(data, service.spec)[None])
-        visual = service.rank(out.embedding[0], out.fine_probs[0], 1)[0].product.product_id == product
+        visual = service.ranking.rank(out.embedding[0], out.fine_probs[0], 1)[0].product.product_id == product
         neighbours = [p for p in shelves[shelf_of[product]] if p != product]
         others = [p for p in products if shelf_of[p] != shelf_of[product]]
         cases = [("ambiguous" if neighbours else "unambiguous", product)]
@@ -93,13 +97,13 @@ def main() -> None:
             cases.append(("misleading", rng.choice(neighbours)))
         for group, preferred in cases:
             history = history_for(preferred, others, rng)
-            scores = service.personal.scores(history)
-            fused = service.rank(out.embedding[0], out.fine_probs[0], 1, None, scores, settings.personal_weight)
+            scores = shoppers.scorer.scores(history)
+            fused = service.ranking.rank(out.embedding[0], out.fine_probs[0], 1, None, scores, settings.personal_weight)
             groups[group][0].append(fused[0].product.product_id == product)
             groups[group][1].append(visual)
 
     result = {"bench": "fusion", "personal_weight": settings.personal_weight, "model": service.model_id,
-              "shopper_model": service.personal.manifest.model_id, "photos": len(chosen)}
+              "shopper_model": shoppers.scorer.manifest.model_id, "photos": len(chosen)}
     for group, (fused, visual) in groups.items():
         fused, visual = np.array(fused), np.array(visual)
         result[group] = {
@@ -112,16 +116,16 @@ def main() -> None:
 
     # Latency: the same photos, a shopper with history vs none, interleaved.
     shopper = history_for("Oatly-Oat-Milk", list(products), rng)
-    service.store.add_events([Event("bench-shopper", e.product_id, e.type, e.channel, e.ts, f"b{i}") for i, e in enumerate(shopper)])
+    shoppers.add_events([Event("bench-shopper", e.product_id, e.type, e.channel, e.ts, f"b{i}") for i, e in enumerate(shopper)])
     photos = [p.path.read_bytes() for p in chosen[:20]]
     plain, personal = [], []
     for _ in range(5):
         for data in photos:
             t = time.perf_counter()
-            service.search(data, k=10)
+            run_search(service, shoppers, data, SearchParams(k=10))
             plain.append((time.perf_counter() - t) * 1e3)
             t = time.perf_counter()
-            service.search(data, k=10, user_id="bench-shopper")
+            run_search(service, shoppers, data, SearchParams(k=10, user_id="bench-shopper"))
             personal.append((time.perf_counter() - t) * 1e3)
     result["latency_ms"] = {
         "search_p50": round(statistics.median(plain), 2),

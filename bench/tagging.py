@@ -124,9 +124,10 @@ def main() -> None:
     parser.add_argument("--duplicate-threshold", type=float, default=None, help="default: the CLI's default")
     args = parser.parse_args()
 
+    from api.catalog.csv_io import import_catalog_csv
     from api.catalog.service import CatalogService
     from api.settings import Settings
-    from api.tagging.engine import TagOptions, Tagger
+    from api.tagging.run import Tagger, TagOptions
     from api.tagging.sources import list_items
 
     folder = args.folder / f"photos-{args.photos}"
@@ -140,7 +141,7 @@ def main() -> None:
     settings = Settings(data_dir=work / "data")
     service = CatalogService(settings)
     service.open()
-    service.import_csv(settings.sample_catalog)  # catalogue matches against the sample catalogue, as `make run` has
+    import_catalog_csv(service, settings.sample_catalog)  # catalogue matches against the sample catalogue, as `make run` has
     embedder = service.embedder
     spec = service.manifest.input.spec()
     pixels = np.stack([load_image(p.read_bytes(), spec) for p in sorted(folder.rglob("*.jpg"))[:32]])
@@ -148,7 +149,7 @@ def main() -> None:
     before = embedder_rate(embedder, pixels)
     bulk_before = bulk_rate(embedder, pixels)
     options = TagOptions() if args.duplicate_threshold is None else TagOptions(duplicate_threshold=args.duplicate_threshold)
-    tagger = Tagger(embedder, service.catalogue_matches, options)
+    tagger = Tagger(embedder, service.ranking.catalogue_matches, options)
     items = list_items(folder)
     out = work / "tags.csv"
     started = time.perf_counter()

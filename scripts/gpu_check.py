@@ -19,7 +19,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +147,7 @@ def gpu_name() -> str:
 
 def main() -> None:
     report: dict = {
-        "check": "gpu_tensorrt_fp16", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "check": "gpu_tensorrt_fp16", "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "gpu": gpu_name(), "python": platform.python_version(),
         "targets": {"img_per_s_batch64_min": 10000, "p99_ms_batch1_max": 5.0, "cosine_min": 0.999},
     }
@@ -172,7 +172,7 @@ def main() -> None:
         report["error"] = f"{type(exc).__name__}: {exc}"
     text = json.dumps(report, indent=2)
     print(text)
-    out = ROOT / "bench" / "results" / f"gpu-{datetime.now(timezone.utc):%Y%m%d-%H%M}.json"
+    out = ROOT / "bench" / "results" / f"gpu-{datetime.now(UTC):%Y%m%d-%H%M}.json"
     out.write_text(text + "\n")
     if os.environ.get("OUT"):
         (Path(os.environ["OUT"]) / out.name).write_text(text + "\n")

@@ -14,7 +14,7 @@ import argparse
 import csv
 import random
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def main() -> None:
         aisles[SHELVES.get(p["coarse_category"], p["coarse_category"])].append(p["product_id"])
     choice_aisles = sorted(a for a, ids in aisles.items() if len(ids) >= 2)
     everything = [p["product_id"] for p in products]
-    start = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 9, 1, tzinfo=UTC)
 
     rows = []
     for s in range(args.shoppers):

@@ -37,7 +37,7 @@ with open(out / "catalog.csv", "w", newline="") as f:
         fine_of[c["Class ID (int)"]] = (fine, coarse)
         iconic = root / c["Iconic Image Path (str)"].lstrip("/")
         infos = list(iconic.parent.glob("*_Information.txt"))
-        title = next((l.split(":", 1)[1].strip() for info in infos[:1] for l in info.read_text(encoding="utf-8-sig", errors="replace").splitlines() if l.startswith("Title:")), fine)
+        title = next((line.split(":", 1)[1].strip() for info in infos[:1] for line in info.read_text(encoding="utf-8-sig", errors="replace").splitlines() if line.startswith("Title:")), fine)
         desc = (root / c["Product Description Path (str)"].lstrip("/")).read_text(encoding="utf-8-sig", errors="replace").strip()
         shutil.copy(iconic, out / "catalog" / f"{fine}.jpg")
         images = [f"catalog/{fine}.jpg"]
@@ -50,7 +50,7 @@ with open(out / "catalog.csv", "w", newline="") as f:
 
 def write_queries(split: str, folder: str) -> int:
     """Ten photos of `split` from ten different classes, drawn with a fixed seed, into samples/`folder`/."""
-    photos = [l.split(", ") for l in (root / f"{split}.txt").read_text().splitlines() if l.strip()]
+    photos = [line.split(", ") for line in (root / f"{split}.txt").read_text().splitlines() if line.strip()]
     rng = random.Random(2026)
     picked, seen = [], set()
     for path, fine_id, _ in rng.sample(photos, len(photos)):

@@ -12,6 +12,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.settings import REPO_ROOT, Settings
 from triton_models.server import TritonServer, free_port  # free_port: tests import it from here
+from vision.preprocess import Limits
+
+TRITON_MAX_UPLOAD_BYTES = 1_000_000
 
 SAMPLES = REPO_ROOT / "samples"
 
@@ -56,9 +59,11 @@ def empty_client(tmp_path):
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
-    """The real `tritonserver` binary (CPU, python backend) on free loopback ports, models ready."""
+    """The real `tritonserver` binary (CPU, python backend) on free loopback ports, models ready; its
+    preprocess model accepts photos up to TRITON_MAX_UPLOAD_BYTES (every sample photo is smaller)."""
     workdir = tmp_path_factory.mktemp("triton")
-    server = TritonServer(workdir, free_port(), free_port(), free_port(), log_file=workdir / "triton.log")
+    server = TritonServer(workdir, free_port(), free_port(), free_port(), log_file=workdir / "triton.log",
+                          limits=Limits(max_bytes=TRITON_MAX_UPLOAD_BYTES))
     server.start()
     yield server
     server.stop()

@@ -16,13 +16,19 @@ import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from training.data import PhotoSet, load_photos
-from training.metrics import confusion_matrix, nearest_neighbour_accuracy, per_class_accuracy, recall_at_k, topk_accuracy
+from training.metrics import (
+    confusion_matrix,
+    nearest_neighbour_accuracy,
+    per_class_accuracy,
+    recall_at_k,
+    topk_accuracy,
+)
 from vision.preprocess import InputSpec, load_image
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
@@ -169,7 +175,7 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
              for i, a in enumerate(accuracy) if not np.isnan(a)), key=lambda r: r["accuracy"])[:5],
         "confusion_png": str(figure.relative_to(out)),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "results" / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from training.data import load_photos
+from training.metrics import topk_accuracy
 from training.vision import TrainConfig, load_checkpoint
 from vision.backbones import REGISTRY
 from vision.export import embed_paths, write_model
-from vision.manifest import GalleryConfig, InputConfig, ModelManifest
+from vision.manifest import INPUT_NAME, OUTPUT_NAMES, GalleryConfig, InputConfig, ModelManifest
+from vision.preprocess import load_image
+from vision.runtimes.onnx import onnx_session
 
 
 def export_trained(
@@ -89,7 +95,37 @@ def export_trained(
         trained_on=train_set.source,
     )
     check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
-    return write_model(model, manifest, out_dir, check, queries_csv, log)
+    manifest = write_model(model, manifest, out_dir, check, log)
+    return add_sample_query_metrics(out_dir, queries_csv) if queries_csv else manifest
+
+
+def add_sample_query_metrics(model_dir: Path, queries_csv: Path) -> ModelManifest:
+    """Measure an exported model's heads on labelled query photos (the sample queries: val photos, never
+    test) and add the figures to its manifest."""
+    manifest = ModelManifest.load(model_dir)
+    metrics = sample_query_metrics(model_dir, manifest, queries_csv)
+    manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
+    manifest.save(model_dir)
+    return manifest
+
+
+def sample_query_metrics(model_dir: Path, manifest: ModelManifest, queries_csv: Path) -> dict[str, float]:
+    fine_labels, coarse_labels = manifest.fine_labels, manifest.coarse_labels
+    with open(queries_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["fine_category"] in fine_labels]
+    if not rows:
+        return {}
+    spec = manifest.input.spec()
+    pixels = np.stack([load_image((queries_csv.parent / r["image"]).read_bytes(), spec) for r in rows])
+    _, fine, coarse = onnx_session(model_dir / manifest.onnx_file).run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+    fine_t = np.array([fine_labels.index(r["fine_category"]) for r in rows])
+    coarse_t = np.array([coarse_labels.index(r["coarse_category"]) for r in rows])
+    return {
+        "sample_queries": float(len(rows)),
+        "sample_queries_fine_top1": topk_accuracy(fine, fine_t, 1),
+        "sample_queries_fine_top5": topk_accuracy(fine, fine_t, 5),
+        "sample_queries_coarse_top1": topk_accuracy(coarse, coarse_t, 1),
+    }
 
 
 def _train_command(config: TrainConfig) -> str:

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from PIL import Image
 
-from training.checkpoints import save_atomically
+from training.checkpoints import resume_state, save_atomically
 from training.data import PhotoSet, load_photos
 from vision.backbones import REGISTRY
+from vision.files import atomic_path
 from vision.model import ProductModel
 from vision.preprocess import InputSpec, decode, load_image
 
@@ -89,20 +90,18 @@ def decoded_cache(paths: list[Path], side: int, cache_dir: Path, progress: Calla
     file = cache_dir / f"decoded-{side}-{len(paths)}-{key}.npy"
     if file.exists():
         return np.load(file, mmap_mode="r")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp.npy")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
-    for i, path in enumerate(paths):
-        im = decode(path.read_bytes(), min_size=side)
-        scale = side / min(im.size)
-        w, h = max(side, round(im.width * scale)), max(side, round(im.height * scale))
-        left, top = (w - side) // 2, (h - side) // 2
-        array[i] = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC).crop((left, top, left + side, top + side)))
-        if progress:
-            progress(i + 1, len(paths))
-    array.flush()
-    del array
-    os.replace(tmp, file)
+    with atomic_path(file, suffix=".npy") as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
+        for i, path in enumerate(paths):
+            im = decode(path.read_bytes(), min_size=side)
+            scale = side / min(im.size)
+            w, h = max(side, round(im.width * scale)), max(side, round(im.height * scale))
+            left, top = (w - side) // 2, (h - side) // 2
+            array[i] = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC).crop((left, top, left + side, top + side)))
+            if progress:
+                progress(i + 1, len(paths))
+        array.flush()
+        del array
     return np.load(file, mmap_mode="r")
 
 
@@ -217,6 +216,16 @@ def make_optimizer(model: ProductModel, config: TrainConfig) -> torch.optim.Opti
     ])
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, labels: np.ndarray, config: TrainConfig):
+    """Steps per epoch (the P x K batches the split's photos fill, capped by max_steps_per_epoch) and the
+    warm-up + cosine learning-rate schedule over all epochs."""
+    steps = len(pk_batches(labels, {}, config.classes_per_batch, config.photos_per_class, 0))
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    schedule = warmup_cosine(steps * config.epochs, max(1, int(steps * config.warmup_epochs)))
+    return steps, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -248,6 +257,28 @@ def validation_metrics(model: ProductModel, val_pixels: np.ndarray, val_fine: np
 
 
 # ---------------------------------------------------------------------------------------------- loop
+def training_rows(train_set: PhotoSet, iconic_items: list) -> tuple[list[Path], np.ndarray, np.ndarray, dict[int, int]]:
+    """What is trained on: the split's photos, then each product's catalogue (iconic) photo; their paths,
+    fine and coarse labels, and the row of each product's iconic photo."""
+    paths = [p.path for p in train_set.photos] + [path for _, path in iconic_items]
+    labels = np.array([p.fine for p in train_set.photos] + [f for f, _ in iconic_items])
+    coarse = np.array([p.coarse for p in train_set.photos] + [train_set.fine_to_coarse[f] for f, _ in iconic_items])
+    iconic_rows = {f: len(train_set.photos) + i for i, (f, _) in enumerate(iconic_items)}
+    return paths, labels, coarse, iconic_rows
+
+
+def validation_arrays(val_set: PhotoSet | None, iconic_items: list, spec: InputSpec):
+    """Model inputs and labels of the val photos (None without val) and of the iconic photos (the gallery
+    that photo-to-catalogue recall is measured against)."""
+    val_photos = val_set.photos if val_set is not None else []
+    val_pixels = np.stack([load_image(p.path.read_bytes(), spec) for p in val_photos]) if val_photos else None
+    val_fine = np.array([p.fine for p in val_photos])
+    val_coarse = np.array([p.coarse for p in val_photos])
+    iconic = [load_image(path.read_bytes(), spec) for _, path in iconic_items]
+    iconic_pixels = np.stack(iconic) if iconic else np.zeros((0,))
+    return val_pixels, val_fine, val_coarse, iconic_pixels, np.array([f for f, _ in iconic_items])
+
+
 def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     """Train; returns the path of the best checkpoint. `ui` is a training.progress.TrainProgress or None."""
     out = Path(config.out)
@@ -255,15 +286,9 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     last = out / "last.pt"
     state = None
     if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        saved = TrainConfig(**state["config"])
-        if (saved.data, saved.backbone, saved.embedding_dim) != (config.data, config.backbone, config.embedding_dim):
-            raise ValueError(f"--resume: {last} was trained with a different data/backbone/embedding size")
-        # The saved recipe wins, except the epoch count (to extend a run) and the thread count (how much of
-        # the machine this process may use is not part of the recipe).
-        config = TrainConfig(**{**state["config"], "epochs": config.epochs, "threads": config.threads})
+        state, recipe = resume_state(last, asdict(config), same=("data", "backbone", "embedding_dim"),
+                                     keep=("epochs", "threads"))
+        config = TrainConfig(**recipe)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -275,29 +300,15 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     if not len(train_set):
         raise ValueError(f"{config.data}: the {config.training_split} split has no photos")
     iconic_items = sorted(train_set.iconic.items())
-    paths = [p.path for p in train_set.photos] + [path for _, path in iconic_items]
-    labels = np.array([p.fine for p in train_set.photos] + [f for f, _ in iconic_items])
-    coarse = np.array([p.coarse for p in train_set.photos] + [train_set.fine_to_coarse[f] for f, _ in iconic_items])
-    iconic_rows = {f: len(train_set.photos) + i for i, (f, _) in enumerate(iconic_items)}
+    paths, labels, coarse, iconic_rows = training_rows(train_set, iconic_items)
     cache_dir = out.parent / "cache"
     cache = decoded_cache(paths, config.cache_side, cache_dir, ui.stage("decoding photos once") if ui else None)
-
     spec = InputSpec(REGISTRY[config.backbone].input_size, REGISTRY[config.backbone].crop_pct)
-    val_photos = val_set.photos if val_set is not None else []
-    val_pixels = np.stack([load_image(p.path.read_bytes(), spec) for p in val_photos]) if val_photos else None
-    val_fine = np.array([p.fine for p in val_photos])
-    val_coarse = np.array([p.coarse for p in val_photos])
-    iconic_pixels = np.stack([load_image(path.read_bytes(), spec) for _, path in iconic_items]) if iconic_items else np.zeros((0,))
-    iconic_labels = np.array([f for f, _ in iconic_items])
+    val_pixels, val_fine, val_coarse, iconic_pixels, iconic_labels = validation_arrays(val_set, iconic_items, spec)
 
     model = build_model(config, train_set, pretrained=state is None)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = len(pk_batches(labels[: len(train_set.photos)], {}, config.classes_per_batch, config.photos_per_class, 0))
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps_per_epoch * config.epochs, max(1, int(steps_per_epoch * config.warmup_epochs)))
-    )
+    steps_per_epoch, scheduler = make_scheduler(optimizer, labels[: len(train_set.photos)], config)
     start_epoch, best, history = 0, -1.0, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -320,25 +331,9 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
             multiprocessing_context="fork" if os.name == "posix" else None,
         )
         set_train_mode(model, config)
-        started, seen, running, total_loss = time.perf_counter(), 0, None, 0.0
+        started = time.perf_counter()
         update = ui.epoch(epoch, config.epochs, dataset.size, len(batches)) if ui else None
-        for step, (images, index) in enumerate(zip(loader, batches)):
-            y_fine = torch.from_numpy(labels[index])
-            y_coarse = torch.from_numpy(coarse[index])
-            embedding, fine_logits, coarse_logits = train_logits(model, images)
-            loss_fine = F.cross_entropy(fine_logits, y_fine, label_smoothing=config.label_smoothing)
-            loss_coarse = F.cross_entropy(coarse_logits, y_coarse, label_smoothing=config.label_smoothing)
-            loss_metric = supcon_loss(embedding, y_fine, config.supcon_temperature)
-            loss = loss_fine + config.coarse_weight * loss_coarse + config.supcon_weight * loss_metric
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(index)
-            total_loss += loss.item()
-            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-            if update:
-                update(step + 1, running, seen / (time.perf_counter() - started))
+        seen, total_loss = train_epoch(model, optimizer, scheduler, zip(loader, batches), labels, coarse, config, update)
         record = {
             "epoch": epoch + 1, "size": dataset.size, "loss": total_loss / max(1, len(batches)), "images": seen,
             "seconds": round(time.perf_counter() - started, 1), "images_per_s": round(seen / (time.perf_counter() - started), 1),
@@ -361,6 +356,31 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         if ui:
             ui.epoch_done(record, improved)
     return out / "best.pt"
+
+
+def train_epoch(model: ProductModel, optimizer, scheduler, steps, labels: np.ndarray, coarse: np.ndarray,
+                config: TrainConfig, update=None) -> tuple[int, float]:
+    """One pass over `steps` ((images, their rows) batches): cross-entropy on both heads plus SupCon on the
+    embedding. Returns the photos seen and the summed loss; `update(step, running loss, images/s)`."""
+    started, seen, running, total_loss = time.perf_counter(), 0, None, 0.0
+    for step, (images, index) in enumerate(steps):
+        y_fine = torch.from_numpy(labels[index])
+        y_coarse = torch.from_numpy(coarse[index])
+        embedding, fine_logits, coarse_logits = train_logits(model, images)
+        loss_fine = F.cross_entropy(fine_logits, y_fine, label_smoothing=config.label_smoothing)
+        loss_coarse = F.cross_entropy(coarse_logits, y_coarse, label_smoothing=config.label_smoothing)
+        loss_metric = supcon_loss(embedding, y_fine, config.supcon_temperature)
+        loss = loss_fine + config.coarse_weight * loss_coarse + config.supcon_weight * loss_metric
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        seen += len(index)
+        total_loss += loss.item()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if update:
+            update(step + 1, running, seen / (time.perf_counter() - started))
+    return seen, total_loss
 
 
 def _worker_init(worker_id: int) -> None:

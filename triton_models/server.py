@@ -1,8 +1,9 @@
 """A local, real Triton Inference Server on CPU: the `tritonserver` binary of the nvidia-pytriton wheel.
 
 That build has only the python backend, so `prepare_repository` lays out a repository where the python
-backend embedder (product_embedder_py: ONNX Runtime inside) is served under the name `product_embedder`,
-beside `preprocess` and the `recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
+backend embedder (product_embedder_py: ONNX Runtime inside) is served under the name `product_embedder`, and
+the python backend shopper model (user_recommender_py) under `user_recommender`, beside `preprocess` and the
+`recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
 serves this folder as it is with the official Triton image (see deploy/).
 
 Used by `seesku triton serve`, the tests' session fixture and bench/triton_vs_onnx.py.
@@ -22,13 +23,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vision.preprocess import Limits
+
 REPOSITORY = Path(__file__).resolve().parent
 PROJECT_ROOT = REPOSITORY.parent
 # Served by the python-only CPU build: the embedder's python variant takes the embedder's name.
 # The python backend stub is compiled against numpy 1 (the wheel pins numpy<2) and embeds the system
 # libpython, so its models import from their own package folder, installed by `make triton`.
 STUB_PACKAGES = Path(sys.prefix) / "triton-stub"
-CPU_MODELS = {"product_embedder": "product_embedder_py", "preprocess": "preprocess", "recognizer": "recognizer"}
+CPU_MODELS = {"product_embedder": "product_embedder_py", "preprocess": "preprocess", "recognizer": "recognizer",
+              "user_recommender": "user_recommender_py"}
 
 
 class TritonNotInstalled(RuntimeError):
@@ -80,36 +84,49 @@ def backend_directory(install: TritonInstall, dest: Path) -> Path:
     return dest
 
 
-def _write_config(source: Path, dest: Path, name: str) -> None:
+def _write_config(source: Path, dest: Path, name: str, parameters: dict[str, str] | None = None) -> None:
+    """The model's config under its served name, with `parameters` given their values."""
     lines = source.read_text().splitlines()
     lines = [f'name: "{name}"' if line.startswith("name:") else line for line in lines]
+    for key, value in (parameters or {}).items():
+        prefix = f'parameters {{ key: "{key}"'
+        lines = [f'{prefix} value: {{ string_value: "{value}" }} }}' if line.startswith(prefix) else line for line in lines]
     dest.write_text("\n".join(lines) + "\n")
 
 
-def prepare_repository(dest: Path, embedder_dir: Path | None = None) -> Path:
+def prepare_repository(dest: Path, embedder_dir: Path | None = None, limits: Limits | None = None) -> Path:
     """A model repository for the python-only CPU build, at `dest` (replaced).
 
-    embedder_dir: the exported embedder to serve (manifest.json + graph); the shipped one by default."""
+    embedder_dir: the exported embedder to serve (manifest.json + graph); the shipped one by default.
+    limits: the upload limits the preprocess model enforces (the service's; the defaults otherwise)."""
     embedder_dir = Path(embedder_dir or REPOSITORY / "product_embedder").resolve()
     if dest.exists():
         shutil.rmtree(dest)
     for served, source_name in CPU_MODELS.items():
         source, target = REPOSITORY / source_name, dest / served
         (target / "1").mkdir(parents=True)
-        _write_config(source / "config.pbtxt", target / "config.pbtxt", served)
+        parameters = None
+        if served == "preprocess" and limits is not None:
+            parameters = {"max_upload_bytes": str(limits.max_bytes), "max_image_pixels": str(limits.max_pixels)}
+        _write_config(source / "config.pbtxt", target / "config.pbtxt", served, parameters)
         model_py = source / "1" / "model.py"
         if model_py.exists():
             shutil.copy2(model_py, target / "1" / "model.py")
-    # The embedder reads its manifest and graph from its own folder; the graph is linked, not copied.
+    # Each python model reads its manifest and graph from its own folder; the graph is linked, not copied.
     from vision.manifest import ModelManifest
+    from vision.recommender import RecommenderManifest
 
-    manifest = ModelManifest.load(embedder_dir)
-    embedder = dest / "product_embedder"
-    shutil.copy2(embedder_dir / "manifest.json", embedder / "manifest.json")
-    graph = embedder / manifest.onnx_file
-    graph.parent.mkdir(parents=True, exist_ok=True)
-    graph.symlink_to(embedder_dir / manifest.onnx_file)
+    _link_model(embedder_dir, dest / "product_embedder", ModelManifest.load(embedder_dir).onnx_file)
+    recommender_dir = REPOSITORY / "user_recommender"
+    _link_model(recommender_dir, dest / "user_recommender", RecommenderManifest.load(recommender_dir).onnx_file)
     return dest
+
+
+def _link_model(source: Path, served: Path, onnx_file: str) -> None:
+    shutil.copy2(source / "manifest.json", served / "manifest.json")
+    graph = served / onnx_file
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    graph.symlink_to(source / onnx_file)
 
 
 def free_port() -> int:
@@ -137,6 +154,7 @@ class TritonServer:
     http_port: int = 8002
     metrics_port: int = 8003
     embedder_dir: Path | None = None
+    limits: Limits | None = None  # what the preprocess model accepts (the defaults when None)
     log_file: Path | None = None
     host: str = "127.0.0.1"
     inherit_output: bool = False  # the server's log on this process's stdout (else log_file, else dropped)
@@ -153,11 +171,11 @@ class TritonServer:
     def prepare(self) -> None:
         install = find_install()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        prepare_repository(self.workdir / "models", self.embedder_dir)
+        prepare_repository(self.workdir / "models", self.embedder_dir, self.limits)
         backend_directory(install, self.workdir / "backends")
         self._install = install
 
-    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
         if not hasattr(self, "_install"):
             self.prepare()
         env = dict(os.environ)
@@ -219,7 +237,7 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

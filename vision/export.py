@@ -2,15 +2,13 @@
 
 The untrained model gets prototype heads built from a catalogue (see vision.model). The export is
 checked against torch on real photos (embedding cosine >= 0.9999) before anything is written, and the
-graph is written next to its manifest in the Triton model repository, atomically.
+graph is written next to its manifest in the Triton model repository, atomically. What the model scores on
+labelled photos is measured by training/, not here.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.metrics import topk_accuracy
 from vision.backbones import REGISTRY
+from vision.catalog_csv import read_catalog_csv
+from vision.files import atomic_path
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, InputConfig, ModelManifest
 from vision.model import ProductModel
 from vision.preprocess import InputSpec, load_image
+from vision.runtimes.onnx import onnx_session
 
 PARITY_MIN_COSINE = 0.9999
 OPSET = 18
@@ -37,12 +37,11 @@ class CatalogPhoto:
 
 def read_catalog_photos(catalog_csv: Path) -> list[CatalogPhoto]:
     """Photos and categories of a catalogue CSV (the `seesku catalog import` format)."""
-    rows = []
-    with open(catalog_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for rel in filter(None, (row.get("images") or row.get("image") or "").split(";")):
-                rows.append(CatalogPhoto(catalog_csv.parent / rel, row["fine_category"], row["coarse_category"]))
-    return rows
+    return [
+        CatalogPhoto(catalog_csv.parent / rel, row.fine_category, row.coarse_category)
+        for row in read_catalog_csv(catalog_csv)
+        for rel in row.images
+    ]
 
 
 def _batches(items: Sequence, size: int):
@@ -102,9 +101,7 @@ def export_onnx(model: ProductModel, path: Path) -> None:
 
 def parity(model: ProductModel, onnx_path: Path, pixels: np.ndarray) -> dict[str, float]:
     """Compare ONNX Runtime against torch on the same uint8 batch."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_path)
     ort_emb, ort_fine, ort_coarse = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
     with torch.no_grad():
         t_emb, t_fine, t_coarse = (t.numpy() for t in model(torch.from_numpy(pixels)))
@@ -122,7 +119,6 @@ def export_pretrained(
     out_dir: Path,
     backbone: str = "tf_efficientnet_lite0",
     scale: float = 20.0,
-    queries_csv: Path | None = None,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> ModelManifest:
@@ -149,7 +145,7 @@ def export_pretrained(
         fine_to_coarse=fine_to_coarse,
         command=command,
     )
-    return write_model(model, manifest, out_dir, [p.path for p in photos[:32]], queries_csv, log)
+    return write_model(model, manifest, out_dir, [p.path for p in photos[:32]], log)
 
 
 def write_model(
@@ -157,58 +153,25 @@ def write_model(
     manifest: ModelManifest,
     out_dir: Path,
     check_photos: Sequence[Path],
-    queries_csv: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> ModelManifest:
     """Export `model`, check parity on `check_photos`, then write graph + manifest into `out_dir` atomically.
 
-    The parity figures (and the sample-query figures when `queries_csv` is given) are added to the
-    manifest's metrics; nothing is replaced unless the parity check passes.
+    The parity figures are added to the manifest's metrics; nothing is replaced unless the parity check passes.
     """
     spec = manifest.input.spec()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "1").mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir / "1")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+    graph = out_dir / "1" / "model.onnx"
+    with atomic_path(graph, suffix=".onnx") as tmp:
         log("exporting to ONNX")
-        export_onnx(model, tmp_path)
+        export_onnx(model, tmp)
         pixels = np.stack([load_image(Path(p).read_bytes(), spec) for p in check_photos])
-        metrics = parity(model, tmp_path, pixels)
+        metrics = parity(model, tmp, pixels)
         log(f"parity: {metrics}")
         if metrics["parity_min_cosine"] < PARITY_MIN_COSINE:
             raise RuntimeError(f"ONNX/torch embedding cosine {metrics['parity_min_cosine']:.6f} < {PARITY_MIN_COSINE}")
-        if queries_csv is not None:
-            metrics.update(_query_metrics(tmp_path, queries_csv, spec, manifest.fine_labels, manifest.coarse_labels))
-        os.chmod(tmp_path, 0o644)  # mkstemp makes it owner-only; Triton may run as another user
-        os.replace(tmp_path, out_dir / "1" / "model.onnx")
-    finally:
-        tmp_path.unlink(missing_ok=True)
     # The version is the graph's checksum: any re-export that changes what the model computes (weights,
     # input size, heads) gets a new one, so catalogues and tagging jobs re-embed instead of mixing vectors.
-    version = hashlib.sha256((out_dir / "1" / "model.onnx").read_bytes()).hexdigest()[:12]
+    version = hashlib.sha256(graph.read_bytes()).hexdigest()[:12]
     manifest = manifest.model_copy(update={"version": version, "metrics": {**manifest.metrics, **metrics}})
     manifest.save(out_dir)
     return manifest
-
-
-def _query_metrics(onnx_path: Path, queries_csv: Path, spec: InputSpec, fine_labels, coarse_labels) -> dict[str, float]:
-    """Head accuracy on labelled query photos (the sample queries: val split photos, never test)."""
-    import onnxruntime as ort
-
-    with open(queries_csv, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["fine_category"] in fine_labels]
-    if not rows:
-        return {}
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    pixels = np.stack([load_image((queries_csv.parent / r["image"]).read_bytes(), spec) for r in rows])
-    _, fine, coarse = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
-    fine_t = np.array([fine_labels.index(r["fine_category"]) for r in rows])
-    coarse_t = np.array([coarse_labels.index(r["coarse_category"]) for r in rows])
-    return {
-        "sample_queries": float(len(rows)),
-        "sample_queries_fine_top1": topk_accuracy(fine, fine_t, 1),
-        "sample_queries_fine_top5": topk_accuracy(fine, fine_t, 5),
-        "sample_queries_coarse_top1": topk_accuracy(coarse, coarse_t, 1),
-    }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from vision.files import atomic_write
 from vision.preprocess import InputSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -64,11 +65,16 @@ class ModelManifest(BaseModel):
                                             "grocery_store:train+val (empty: not recorded, or not fine-tuned); "
                                             "evaluating it on those splits of that data is refused")
 
+    @property
+    def served_id(self) -> str:
+        """The id every answer and every stored embedding names the model by: model id and version."""
+        return f"{self.model_id}:{self.version}"
+
     @classmethod
-    def load(cls, model_dir: str | Path) -> "ModelManifest":
+    def load(cls, model_dir: str | Path) -> ModelManifest:
         return cls.model_validate_json((Path(model_dir) / MANIFEST_NAME).read_text())
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / MANIFEST_NAME
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        atomic_write(path, json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
         return path

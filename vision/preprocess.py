@@ -1,7 +1,9 @@
 """The one preprocessing transform: encoded photo bytes -> uint8 HWC RGB model input.
 
-Every channel (API, Triton python backend, training evaluation, benchmarks) calls `load_image`, so what
-the model sees never depends on how the photo arrived. Normalisation (mean/std) is *not* done here: the
+Every channel goes through `prepare_photo` (search, catalogue writes, bulk tagging, the Triton python
+backend, training evaluation and the benchmarks; `load_image` is its pixels alone), so what the model sees
+never depends on how the photo arrived: the limits are checked on the header, then the photo is decoded
+(DCT-scaled for large JPEGs, EXIF-rotated, RGB) and cropped and resampled once. Normalisation (mean/std) is *not* done here: the
 exported graph does it, so the tensor that crosses a process or network boundary stays uint8.
 """
 
@@ -193,7 +195,7 @@ def torch_resize(threads: int | None = 1) -> Resize | None:
     """Pillow's antialiased bicubic/bilinear resample on torch's uint8 AVX2 kernel, for worker processes.
 
     The same filter as Pillow's (torch wrote it to match PIL; outputs differ by rounding, at most 2 levels on
-    a few pixels, checked in tests/test_preprocess.py), about 5x faster: 0.22 vs 1.1 ms for a 280 px crop to
+    a few pixels, checked in tests/vision/test_preprocess.py), about 5x faster: 0.22 vs 1.1 ms for a 280 px crop to
     224 px. Bulk tagging decodes in worker processes that share the cores with the model, so this is model
     time won back.
     None where torch is not installed (the serving-only install): callers fall back to Pillow. `threads` sets
@@ -219,9 +221,33 @@ def torch_resize(threads: int | None = 1) -> Resize | None:
     return resize
 
 
+@dataclass(frozen=True)
+class PhotoHeader:
+    """What the upload itself says, before any pixel changes: its format and its size as stored (before
+    EXIF rotation and DCT scaling)."""
+
+    format: str | None
+    width: int
+    height: int
+
+    @property
+    def content_type(self) -> str:
+        return Image.MIME.get(self.format or "", "application/octet-stream")
+
+
+def prepare_photo(
+    data: bytes, spec: InputSpec = InputSpec(), limits: Limits = Limits(), resize: Resize | None = None
+) -> tuple[PhotoHeader, np.ndarray]:
+    """Photo bytes -> its header and the model input, uint8 of shape (spec.size, spec.size, 3); ImageError
+    for a photo we refuse. `resize`: see `to_model_input`."""
+    im = open_image(data, limits)
+    header = PhotoHeader(im.format, *im.size)
+    return header, to_model_input(decode_opened(im, spec.resize_size), spec, resize)
+
+
 def load_image(data: bytes, spec: InputSpec = InputSpec(), limits: Limits = Limits()) -> np.ndarray:
-    """Photo bytes -> uint8 array of shape (spec.size, spec.size, 3)."""
-    return to_model_input(decode(data, min_size=spec.resize_size, limits=limits), spec)
+    """The model input of `prepare_photo` alone."""
+    return prepare_photo(data, spec, limits)[1]
 
 
 def thumbnail(data: bytes, size: int = 256, limits: Limits = Limits()) -> bytes:

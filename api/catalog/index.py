@@ -1,6 +1,10 @@
-"""The vector index: FAISS inner product over L2-normalised photo embeddings, keyed by image id.
+"""The vector index: the `VectorIndex` contract, and FAISS, the embedded implementation.
 
-Exact (flat) search below `hnsw_threshold` vectors, HNSW above. HNSW cannot remove vectors, so removals
+`VectorIndex` is what the catalogue service and the ranking rule use; `Settings.open_index()` picks the
+implementation (`SEESKU_INDEX`). It is a derived view of the catalogue store, rebuilt from the stored
+embeddings whenever the two disagree.
+
+FAISS: inner product over L2-normalised photo embeddings, keyed by image id. Exact (flat) search below `hnsw_threshold` vectors, HNSW above. HNSW cannot remove vectors, so removals
 there are tombstones filtered at search time, and the index is rebuilt once they pile up. The index is a
 rebuildable view of the catalogue store: snapshots are written atomically (temp file + rename) with a
 sidecar that names the model and the tombstones, and the service checks every snapshot against the store
@@ -10,18 +14,44 @@ on start.
 from __future__ import annotations
 
 import json
-import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
+
+from vision.files import atomic_write
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 TOMBSTONE_REBUILD_RATIO = 0.2
 _openmp = threading.local()
+
+
+class VectorIndex(Protocol):
+    def __len__(self) -> int: ...
+
+    def ids(self) -> np.ndarray:
+        """Every image id in the index."""
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
+    def remove(self, ids: Iterable[int]) -> None: ...
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids."""
+
+    def rebuild(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace the contents with (ids, vectors) batches (CatalogStore.iter_embeddings)."""
+
+    def needs_rebuild(self) -> bool:
+        """Removals or growth have made a rebuild worthwhile."""
+
+    def persist(self) -> None:
+        """Keep the contents across restarts where the backend needs it (a snapshot for FAISS)."""
 
 
 def _one_openmp_thread() -> None:
@@ -36,9 +66,10 @@ def _one_openmp_thread() -> None:
 
 
 class FaissIndex:
-    def __init__(self, dim: int, hnsw_threshold: int = 20_000):
+    def __init__(self, dim: int, hnsw_threshold: int = 20_000, snapshot: Path | None = None, model_id: str = ""):
         self.dim = dim
         self.hnsw_threshold = hnsw_threshold
+        self.snapshot, self.model_id = snapshot, model_id  # where `persist` writes, and for which model
         self._lock = threading.RLock()
         self._tombstones: set[int] = set()
         self._use(self._new(hnsw=False))
@@ -148,16 +179,19 @@ class FaissIndex:
         return scores[0][found], ids[0][found]
 
     # -- persistence --------------------------------------------------------------------------
+    def persist(self) -> None:
+        if self.snapshot is not None:
+            self.save(self.snapshot, self.model_id)
+
     def save(self, path: Path, model_id: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             data = faiss.serialize_index(self._index)
             meta = {"model_id": model_id, "dim": self.dim, "tombstones": sorted(self._tombstones)}
-        _atomic_write(path, data.tobytes())
-        _atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
+        atomic_write(path, data.tobytes())
+        atomic_write(path.with_suffix(".json"), json.dumps(meta))
 
     @classmethod
-    def load(cls, path: Path, model_id: str, dim: int, hnsw_threshold: int) -> "FaissIndex | None":
+    def load(cls, path: Path, model_id: str, dim: int, hnsw_threshold: int) -> FaissIndex | None:
         """The saved snapshot, or None when there is none or it belongs to another model."""
         meta_path = path.with_suffix(".json")
         if not path.exists() or not meta_path.exists():
@@ -175,10 +209,12 @@ class FaissIndex:
         return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+def open_faiss_index(snapshot: Path, model_id: str, dim: int, hnsw_threshold: int) -> tuple[FaissIndex, bool]:
+    """The index of the snapshot at `snapshot` (True), or an empty one that will persist there (False)."""
+    index = FaissIndex.load(snapshot, model_id, dim, hnsw_threshold)
+    restored = index is not None
+    if index is None:
+        index = FaissIndex(dim, hnsw_threshold)
+    index.snapshot, index.model_id = snapshot, model_id
+    return index, restored

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.auth import authorise
 from api.catalog.service import CatalogService
 from api.deps import get_metrics, get_service
-from api.metrics import Metrics
-from api.security import authorise
+from api.middleware.metrics import Metrics
 from api.schemas import CategoryList, CoarseCategory, FineCategory, Health, ModelInfo, Readiness
 
 router = APIRouter()
@@ -19,7 +19,7 @@ router = APIRouter()
 
 @router.get("/v1/categories", response_model=CategoryList, tags=["catalogue"], dependencies=[Depends(authorise("search"))])
 def categories(service: Annotated[CatalogService, Depends(get_service)]) -> CategoryList:
-    fine = [FineCategory(name=f, coarse=c, products=n) for f, c, n in service.store.categories()]
+    fine = [FineCategory(name=f, coarse=c, products=n) for f, c, n in service.categories()]
     coarse: dict[str, int] = {}
     for f in fine:
         coarse[f.coarse] = coarse.get(f.coarse, 0) + f.products
@@ -49,13 +49,13 @@ def readyz(request: Request):
         )
         return JSONResponse(body.model_dump(), status_code=503)
     embedder_problem = service.embedder.health()
-    model_loaded, index_loaded = embedder_problem is None, service.index is not None
+    model_loaded, index_loaded = embedder_problem is None, service.ready
     reason = None if model_loaded and index_loaded else (
         startup_error or embedder_problem or "vector index not loaded"
     )
     body = Readiness(
         ready=reason is None, model_loaded=model_loaded, index_loaded=index_loaded,
-        products=service.store.count_products(), vectors=len(service.index) if index_loaded else 0,
+        products=service.count_products(), vectors=service.vectors,
         model=ModelInfo(id=service.manifest.model_id, version=service.manifest.version), reason=reason,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
@@ -64,7 +64,7 @@ def readyz(request: Request):
 @router.get("/metrics", tags=["operations"], response_class=Response, dependencies=[Depends(authorise("admin"))])
 def metrics(request: Request, metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
     service: CatalogService | None = getattr(request.app.state, "service", None)
-    if service is not None and service.index is not None:
-        metrics.index_size.set(len(service.index))
-        metrics.products.set(service.store.count_products())
+    if service is not None and service.ready:
+        metrics.index_size.set(service.vectors)
+        metrics.products.set(service.count_products())
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

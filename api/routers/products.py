@@ -9,12 +9,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from api.catalog.records import Product
 from api.catalog.service import CatalogService, Photo
-from api.catalog.store import ImageRecord, Product
 from api.deps import get_service
-from api.errors import ApiError
+from api.errors import ApiError, validation_error
+from api.presenters import image_out, product_out
 from api.schemas import (
-    PRODUCT_ID_PATTERN, ErrorResponse, ImageOut, ImagesAdded, ProductCreate, ProductOut, ProductPage, ProductPatch,
+    PRODUCT_ID_PATTERN,
+    ErrorResponse,
+    ImageOut,
+    ImagesAdded,
+    ProductCreate,
+    ProductOut,
+    ProductPage,
+    ProductPatch,
 )
 from api.uploads import check_content_length, read_capped
 
@@ -26,30 +34,8 @@ ImageId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 
-def image_urls(product_id: str, image_id: int) -> tuple[str, str]:
-    url = f"/v1/products/{product_id}/images/{image_id}"
-    return url, f"{url}/thumbnail"
-
-
-def image_out(im: ImageRecord) -> ImageOut:
-    url, thumb = image_urls(im.product_id, im.image_id)
-    return ImageOut(
-        image_id=im.image_id, url=url, thumbnail_url=thumb, content_type=im.content_type,
-        width=im.width, height=im.height, bytes=im.bytes, created_at=im.created_at,
-    )
-
-
-def product_out(p: Product, images: list[ImageRecord]) -> ProductOut:
-    return ProductOut(
-        product_id=p.product_id, name=p.name, fine_category=p.fine_category, coarse_category=p.coarse_category,
-        description=p.description, attributes=p.attributes, images=[image_out(i) for i in images],
-        created_at=p.created_at, updated_at=p.updated_at,
-    )
-
-
 def load_product(service: CatalogService, product_id: str) -> ProductOut:
-    product = service.store.get_product(product_id)
-    return product_out(product, service.store.images_of([product_id])[product_id])
+    return product_out(*service.get_product(product_id))
 
 
 @router.post("", status_code=201, response_model=ProductOut, responses={409: {"model": ErrorResponse}, **ERRORS})
@@ -68,12 +54,11 @@ def list_products(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ProductPage:
     after = _decode_cursor(cursor) if cursor else None
-    page = service.store.list_products(category, after, limit + 1)
+    page = service.list_products(category, after, limit + 1)
     more = len(page) > limit
     page = page[:limit]
-    images = service.store.images_of([p.product_id for p in page])
-    next_cursor = _encode_cursor(page[-1].product_id) if more else None
-    return ProductPage(items=[product_out(p, images[p.product_id]) for p in page], next_cursor=next_cursor)
+    next_cursor = _encode_cursor(page[-1][0].product_id) if more else None
+    return ProductPage(items=[product_out(p, images) for p, images in page], next_cursor=next_cursor)
 
 
 def _encode_cursor(product_id: str) -> str:
@@ -100,8 +85,8 @@ def update_product(product_id: ProductId, body: ProductPatch, service: Service) 
     changes = body.model_dump(exclude_unset=True)
     for name, value in changes.items():
         if value is None and name != "description":
-            raise ApiError(422, "validation_error", f"{name}: may not be null")
-    service.store.update_product(product_id, changes)
+            raise validation_error([{"loc": ["body", name], "msg": "may not be null", "type": "null"}])
+    service.update_product(product_id, changes)
     return load_product(service, product_id)
 
 
@@ -128,16 +113,15 @@ async def add_images(
         raise ApiError(422, "too_many_images", f"at most {settings.max_images_per_request} photos per request")
     check_content_length(request, settings.max_upload_bytes, parts=len(images))
     photos = [Photo(await read_capped(f, settings.max_upload_bytes), f.filename or "") for f in images]
-    ids = await run_in_threadpool(service.add_photos, product_id, photos)
-    new_ids = set(ids)
-    added = [im for im in service.store.images_of([product_id])[product_id] if im.image_id in new_ids]
-    return ImagesAdded(product_id=product_id, added=[image_out(i) for i in added], skipped_duplicates=len(photos) - len(ids))
+    added = await run_in_threadpool(service.add_photos, product_id, photos)
+    return ImagesAdded(product_id=product_id, added=[image_out(i) for i in added],
+                       skipped_duplicates=len(photos) - len(added))
 
 
 @router.get("/{product_id}/images", response_model=list[ImageOut], responses=ERRORS)
 def list_images(product_id: ProductId, service: Service) -> list[ImageOut]:
-    service.store.get_product(product_id)
-    return [image_out(i) for i in service.store.images_of([product_id])[product_id]]
+    _, images = service.get_product(product_id)
+    return [image_out(i) for i in images]
 
 
 @router.get("/{product_id}/images/{image_id}", response_class=Response, responses=ERRORS)

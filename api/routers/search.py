@@ -8,10 +8,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
 from api.catalog.service import CatalogService, SearchResult
-from api.deps import get_service
-from api.errors import ApiError
-from api.routers.products import image_urls
+from api.deps import get_service, get_shoppers
+from api.errors import validation_error
+from api.presenters import search_answer
 from api.schemas import Channel, ErrorResponse, SearchResponse
+from api.shoppers import ShopperService
 from api.uploads import read_search_photo
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -56,11 +57,6 @@ SEARCH_OPENAPI = {
 }
 
 
-def validation_error(errors: list[dict]) -> ApiError:
-    first = errors[0]
-    return ApiError(422, "validation_error", f"{'.'.join(map(str, first['loc']))}: {first['msg']}", errors)
-
-
 def search_params(request: Request, fields: dict[str, str]) -> tuple[SearchParams, Channel]:
     """The options and the channel of a search, or a 422 that names each bad one."""
     query = request.query_params
@@ -85,36 +81,10 @@ def search_params(request: Request, fields: dict[str, str]) -> tuple[SearchParam
     return params, Channel(channel)
 
 
-def search_answer(result: SearchResult, service: CatalogService, channel: Channel) -> dict:
-    """The search's answer as plain JSON values, in the shape of SearchResponse (the documented contract;
-    tests validate answers against it). Built directly rather than as SearchResponse: every value comes
-    from the service, and validating them one by one again (35 pydantic validations) was the largest Python
-    cost left on the event loop."""
-    def rounded(x: float | None, digits: int = 6) -> float | None:
-        return None if x is None else round(x, digits)
-
-    matches = []
-    for m in result.matches:
-        url, thumb = image_urls(m.product.product_id, m.image_id)
-        matches.append({
-            "product_id": m.product.product_id,
-            "name": m.product.name,
-            "category": {"fine": m.product.fine_category, "coarse": m.product.coarse_category},
-            "score": rounded(m.score),
-            "visual_score": rounded(m.visual_score),
-            "category_probability": rounded(m.category_probability),
-            "personal_score": rounded(m.personal_score),
-            "image_url": url,
-            "thumbnail_url": thumb,
-        })
-    return {
-        "matches": matches,
-        "categories": {level: [{"name": n, "probability": rounded(p)} for n, p in scores]
-                       for level, scores in (("fine", result.fine), ("coarse", result.coarse))},
-        "timings_ms": {k: rounded(v, 3) for k, v in result.timings_ms.items()},
-        "model": {"id": service.manifest.model_id, "version": service.manifest.version},
-        "channel": channel.value,
-    }
+def run_search(catalog: CatalogService, shoppers: ShopperService, data: bytes, params: SearchParams) -> SearchResult:
+    """The search itself, personalised for the shopper when one is named (one worker thread for both)."""
+    personal, weight = shoppers.personalisation(params.user_id, params.personal_weight)
+    return catalog.search(data, params.k, params.category, 5, personal, weight)
 
 
 @router.post(
@@ -130,10 +100,9 @@ async def search(request: Request) -> Response:
     service = await get_service(request)
     data, fields = await read_search_photo(request, service.settings.max_upload_bytes)
     params, channel = search_params(request, fields)
-    result = await run_in_threadpool(
-        service.search, data, params.k, params.category, 5, params.user_id, params.personal_weight,
-    )
+    result = await run_in_threadpool(run_search, service, await get_shoppers(request), data, params)
     metrics = request.app.state.metrics
     metrics.decode.observe(result.timings_ms["decode"] / 1e3)
     metrics.embed.observe(result.timings_ms["embed"] / 1e3)
-    return Response(pydantic_core.to_json(search_answer(result, service, channel)), media_type="application/json")
+    answer = search_answer(result, service.manifest, channel.value)
+    return Response(pydantic_core.to_json(answer), media_type="application/json")

@@ -11,8 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.schemas import DuplicateGroup, DuplicateGroups, ErrorResponse, TaggingJob, TaggingJobList
-from api.tagging.engine import TagOptions
 from api.tagging.jobs import Job, JobRunner
+from api.tagging.run import TagOptions
 from api.tagging.sources import SourceError
 
 router = APIRouter(prefix="/v1/tagging", tags=["tagging"])
@@ -44,7 +44,7 @@ def to_schema(job: Job) -> TaggingJob:
 
 
 def _job_or_404(jobs: JobRunner, job_id: str) -> Job:
-    job = jobs.store.get(job_id)
+    job = jobs.get(job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no tagging job {job_id!r}")
     return job
@@ -71,7 +71,7 @@ async def create_job(
     if length and length.isdigit() and int(length) > limit:
         raise ApiError(413, "upload_too_large", f"the upload is {length} bytes; the limit is {limit} bytes")
     # Streamed to disk, never held in memory whole.
-    fd, staged = tempfile.mkstemp(prefix="upload-", dir=jobs.store.root)
+    fd, staged = tempfile.mkstemp(prefix="upload-", dir=jobs.staging_dir)
     size = 0
     try:
         with os.fdopen(fd, "wb") as f:
@@ -95,7 +95,7 @@ async def create_job(
 
 @router.get("/jobs", response_model=TaggingJobList, summary="Recent tagging jobs, newest first")
 async def list_jobs(jobs: Annotated[JobRunner, Depends(get_jobs)], limit: Annotated[int, Query(ge=1, le=200)] = 50) -> TaggingJobList:
-    return TaggingJobList(jobs=[to_schema(j) for j in jobs.store.list(limit)])
+    return TaggingJobList(jobs=[to_schema(j) for j in jobs.list(limit)])
 
 
 @router.get("/jobs/{job_id}", response_model=TaggingJob, responses={404: {"model": ErrorResponse}}, summary="A job's state and progress")
@@ -161,4 +161,4 @@ async def cancel_job(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)])
     if job.state not in ("queued", "running"):
         raise ApiError(409, "job_finished", f"job {job_id} is already {job.state}")
     jobs.cancel(job_id)
-    return to_schema(jobs.store.get(job_id) or job)
+    return to_schema(jobs.get(job_id) or job)

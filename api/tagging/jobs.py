@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.tagging.engine import TagOptions, TagState, Tagger, format_rows
+from api.tagging.output import format_rows
+from api.tagging.run import Tagger, TagOptions
 from api.tagging.sources import Item, SourceError, list_items
+from api.tagging.state import TagState
 
 log = logging.getLogger("seesku.tagging")
 ACTIVE = ("queued", "running")
@@ -109,6 +111,22 @@ class JobRunner:
             self._stopping = True
             self._wake.notify_all()
         self._thread.join(timeout=30)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- reading jobs -------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def list(self, limit: int = 50) -> list[Job]:
+        """The newest jobs first."""
+        return self.store.list(limit)
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where uploads are streamed before `submit` takes them (on the same disk as the jobs)."""
+        return self.store.root
 
     # -- creating jobs ------------------------------------------------------------------------
     def items(self, job: Job) -> list[Item]:

@@ -7,12 +7,13 @@ second to last the validation target, the rest trains.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from api.personal import CHANNELS, EVENT_TYPES  # the ids the served model reads; index 0 is padding/unknown
+from vision.recommender import Event, channel_id, event_type_id, read_events_csv
 
 
 @dataclass
@@ -51,33 +52,23 @@ def read_sequence_file(path: str | Path) -> Sequences:
     return Sequences(items, num_items)
 
 
-def read_events_csv(path: str | Path) -> list[tuple[str, str, str, str, float]]:
-    """Events CSV (`user_id,product_id,type,channel,timestamp[,event_id]`, '#' lines are comments), time-sorted."""
-    import csv
-    from datetime import datetime
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    events = []
-    for row in rows:
-        ts = datetime.fromisoformat(row["timestamp"]).timestamp()
-        events.append((row["user_id"], row["product_id"], row["type"], row["channel"], ts))
-    events.sort(key=lambda e: (e[0], e[4]))
-    return events
+def read_events_file(path: str | Path) -> Sequences:
+    """An events CSV (`user_id,product_id,type,channel,timestamp`, vision.recommender's reader) as sequences."""
+    return from_events(read_events_csv(path))
 
 
-def from_events(events: list[tuple[str, str, str, str]], vocabulary: list[str] | None = None) -> Sequences:
-    """(user_id, product_id, type, channel) rows in time order -> sequences with channel and type ids."""
-    vocabulary = list(vocabulary or sorted({e[1] for e in events}))
+def from_events(events: Sequence[Event], vocabulary: list[str] | None = None) -> Sequences:
+    """Events, each user's in time order -> sequences with channel and type ids (the served model's ids)."""
+    vocabulary = list(vocabulary or sorted({e.product_id for e in events}))
     index = {p: i + 1 for i, p in enumerate(vocabulary)}
     per_user: dict[str, tuple[list, list, list]] = {}
-    for user, product, kind, channel in events:
-        if product not in index:
+    for e in events:
+        if e.product_id not in index:
             continue
-        seq = per_user.setdefault(user, ([], [], []))
-        seq[0].append(index[product])
-        seq[1].append(CHANNELS.index(channel) if channel in CHANNELS else 0)
-        seq[2].append(EVENT_TYPES.index(kind) if kind in EVENT_TYPES else 0)
+        seq = per_user.setdefault(e.user_id, ([], [], []))
+        seq[0].append(index[e.product_id])
+        seq[1].append(channel_id(e.channel))
+        seq[2].append(event_type_id(e.type))
     users = list(per_user.values())
     return Sequences(
         [np.array(u[0], np.int64) for u in users], len(vocabulary),

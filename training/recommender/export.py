@@ -7,15 +7,15 @@ vocabulary, so the service maps product ids without torch.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from api.personal import RecommenderManifest
-from training.recommender.train import load
+from training.recommender.model import load
+from vision.files import atomic_path
+from vision.recommender import INPUT_NAMES, OUTPUT_NAMES, RecommenderManifest
+from vision.runtimes.onnx import onnx_session
 
 CONFIG_PBTXT = """# The shopper model (training/recommender): a shopper's event history in, a user vector and a score for
 # every product out. Served by Triton beside product_embedder; the API runs the same graph in-process.
@@ -44,22 +44,16 @@ def export_recommender(checkpoint: Path, out_dir: Path, metrics: dict[str, float
     length = min(5, model.max_len)
     example = (torch.randint(1, model.num_items + 1, (2, length)), torch.ones(2, length, dtype=torch.long),
                torch.ones(2, length, dtype=torch.long))
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir / "1")
-    os.close(fd)
-    try:
+    with atomic_path(out_dir / "1" / "model.onnx", suffix=".onnx") as tmp:
         batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=1, max=model.max_len)
         torch.onnx.export(
-            model, example, tmp, input_names=["items", "channels", "types"], output_names=["user_vector", "scores"],
-            dynamic_shapes={"items": {0: batch, 1: seq}, "channels": {0: batch, 1: seq}, "types": {0: batch, 1: seq}},
+            model, example, str(tmp), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES},
             opset_version=18, dynamo=True, external_data=False,
         )
-        parity = _parity(model, Path(tmp))
+        parity = _parity(model, tmp)
         if parity < 0.9999:
             raise RuntimeError(f"ONNX/torch score correlation {parity:.6f} < 0.9999")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_dir / "1" / "model.onnx")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     config = state["config"]
     manifest = RecommenderManifest(
         model_id=f"seesku-sequence-recommender-d{config['dim']}", vocabulary=state["vocabulary"], max_len=config["max_len"],
@@ -71,9 +65,7 @@ def export_recommender(checkpoint: Path, out_dir: Path, metrics: dict[str, float
 
 
 def _parity(model, onnx_path: Path) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_path)
     worst = 1.0
     for length in (1, 3, model.max_len):
         items = torch.randint(1, model.num_items + 1, (3, length))

@@ -9,11 +9,14 @@ state into a user vector, scored against every item by a dot product with the (t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.recommender.data import CHANNELS, EVENT_TYPES
+from training.recommender.config import RecommenderConfig
+from vision.recommender import CHANNELS, EVENT_TYPES
 
 
 class CausalBlock(nn.Module):
@@ -73,3 +76,15 @@ class SequenceRecommender(nn.Module):
         """Exported graph: the user vector after the newest event and its scores for every item (0 = padding)."""
         user = self.user_vector(items, channels, types)
         return user, user @ self.items.weight.t()
+
+
+def build(config: RecommenderConfig, num_items: int) -> SequenceRecommender:
+    return SequenceRecommender(num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout)
+
+
+def load(path: str | Path) -> tuple[SequenceRecommender, dict]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = RecommenderConfig(**state["config"])
+    model = build(config, state["num_items"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state

@@ -1,4 +1,4 @@
-"""Train and evaluate the sequence recommender (`seesku train recommender`, `seesku eval recommender`).
+"""Train the sequence recommender (`seesku train recommender`; evaluation is training/recommender/evaluate.py).
 
 Loss: full softmax cross-entropy over every item at every position of the sequence. Why: SASRec's
 original loss scores the target against ONE sampled negative with a binary cross-entropy, which teaches the
@@ -26,60 +26,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.checkpoints import save_atomically
+from training.checkpoints import resume_state, save_atomically
+from training.recommender.config import RecommenderConfig
 from training.recommender.data import Sequences, left_pad
-from training.recommender.model import SequenceRecommender
-
-KS = (5, 10, 20)
-
-
-@dataclass
-class RecommenderConfig:
-    data: str
-    out: str
-    dim: int = 64
-    max_len: int = 50
-    blocks: int = 2
-    heads: int = 2
-    dropout: float = 0.3
-    epochs: int = 200
-    batch: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    eval_every: int = 2
-    patience: int = 6  # evaluations without a better validation NDCG@10 before stopping
-    seed: int = 0
-    threads: int = 0
-    from_events: bool = False
-    # The Beauty protocol (S3-Rec's code) excludes items already in the history from the ranking. Shoppers'
-    # events are different: buying the same oat milk again is the most likely next event, so not for events.
-    exclude_history: bool = True
-    # Contrastive regulariser (0 = off): see `contrastive_loss`.
-    cl_weight: float = 0.0
-    cl_temperature: float = 1.0
-    # "train": the validation item is held out and picks the best epoch. "val": a refit for the final model,
-    # trained through the validation item for a fixed number of epochs (chosen beforehand on a "train" run);
-    # the test item is never trained on either way.
-    fit_through: str = "train"
-
-
-def _arrays(seqs: Sequences, users: list[int], cut: int, max_len: int):
-    """Inputs of the given users: their sequence without the last `cut` items, left-padded to the longest."""
-    max_len = min(max_len, max(len(seqs.items[u]) - cut for u in users))
-    items, channels, types = [], [], []
-    for u in users:
-        end = len(seqs.items[u]) - cut
-        items.append(left_pad(seqs.items[u][:end], max_len))
-        channels.append(left_pad(seqs.side("channels", u)[:end], max_len))
-        types.append(left_pad(seqs.side("types", u)[:end], max_len))
-    return torch.from_numpy(np.stack(items)), torch.from_numpy(np.stack(channels)), torch.from_numpy(np.stack(types))
+from training.recommender.evaluate import evaluate
+from training.recommender.model import build
 
 
 def training_batch(seqs: Sequences, users: list[int], max_len: int, held_out: int = 2):
@@ -139,80 +97,27 @@ def trainable_users(seqs: Sequences, held_out: int = 2) -> list[int]:
     return [u for u in range(len(seqs)) if len(seqs.items[u]) >= held_out + 2]
 
 
-@torch.no_grad()
-def evaluate(model: SequenceRecommender, seqs: Sequences, split: str, batch: int = 1024,
-             exclude_history: bool = True) -> dict[str, float]:
-    """HR@K and NDCG@K for K in 5, 10, 20, full ranking, on the `val` or `test` target of every user."""
-    model.eval()
-    cut = {"val": 2, "test": 1}[split]
-    users = [u for u in range(len(seqs)) if len(seqs.items[u]) >= cut + 1]
-    hits = {k: 0.0 for k in KS}
-    ndcg = {k: 0.0 for k in KS}
-    for start in range(0, len(users), batch):
-        chunk = users[start : start + batch]
-        items, channels, types = _arrays(seqs, chunk, cut, model.max_len)
-        _, scores = model(items, channels, types)
-        targets = torch.tensor([seqs.items[u][len(seqs.items[u]) - cut] for u in chunk])
-        target_scores = scores.gather(1, targets[:, None])
-        history = torch.zeros_like(scores, dtype=torch.bool)
-        for row, u in enumerate(chunk if exclude_history else []):
-            history[row, torch.from_numpy(seqs.items[u][: len(seqs.items[u]) - cut])] = True
-        history[:, 0] = True  # padding is never an answer
-        history[torch.arange(len(chunk)), targets] = False
-        scores = scores.masked_fill(history, float("-inf"))
-        rank = (scores > target_scores).sum(dim=1)  # 0 = first
-        for k in KS:
-            hit = rank < k
-            hits[k] += hit.sum().item()
-            ndcg[k] += (hit.float() / torch.log2(rank.float() + 2)).sum().item()
-    n = len(users)
-    out = {f"hr@{k}": hits[k] / n for k in KS}
-    out.update({f"ndcg@{k}": ndcg[k] / n for k in KS})
-    out["users"] = float(n)
-    return out
 
-
-class Ensemble(torch.nn.Module):
-    """Several recommenders of one architecture on one item vocabulary (other seeds, other regulariser
-    weights), scored as the mean of their log-probabilities.
-
-    Members that differ err on different shoppers; averaging log-softmax (not raw dot products, whose scale
-    differs per member) is the usual way to combine full-softmax models.
-    """
-
-    def __init__(self, members: list[SequenceRecommender]):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        if len({m.num_items for m in members}) != 1 or len({m.max_len for m in members}) != 1:
-            raise ValueError("ensemble members must share the item vocabulary and the history length")
-        self.members = torch.nn.ModuleList(members)
-        self.num_items, self.max_len = members[0].num_items, members[0].max_len
-
-    def forward(self, items: torch.Tensor, channels: torch.Tensor, types: torch.Tensor):
-        scores = [F.log_softmax(member(items, channels, types)[1][:, 1:], dim=1) for member in self.members]
-        mean = torch.stack(scores).mean(dim=0)
-        return None, F.pad(mean, (1, 0), value=float("-inf"))  # column 0 is padding, never an answer
-
-
-def build(config: RecommenderConfig, num_items: int) -> SequenceRecommender:
-    return SequenceRecommender(num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout)
+# A resumed run is the same run: the same data and model shape; it may be extended or given other threads.
+RESUME_SAME = ("data", "dim", "max_len", "fit_through")
+RESUME_KEEP = ("epochs", "threads", "out")
 
 
 def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=print, progress=None) -> Path:
     """Train with early stopping on validation NDCG@10; checkpoints `last.pt` every evaluation, `best.pt`."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    state = None
+    if resume:
+        state, recipe = resume_state(last, asdict(config), same=RESUME_SAME, keep=RESUME_KEEP)
+        config = RecommenderConfig(**recipe)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     model = build(config, seqs.num_items)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, best, stale, history = 0, -1.0, 0, []
-    last = out / "last.pt"
-    if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
@@ -267,11 +172,3 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
             break
     (out / "history.json").write_text(json.dumps({"history": history, "wall_s": round(time.perf_counter() - started, 1)}, indent=2))
     return out / "best.pt"
-
-
-def load(path: str | Path) -> tuple[SequenceRecommender, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = RecommenderConfig(**state["config"])
-    model = build(config, state["num_items"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state

@@ -1,12 +1,14 @@
-"""Embedder runtimes: uint8 NHWC pixels in, embeddings and category probabilities out.
+"""Model runtimes: the embedder (uint8 NHWC pixels in, embeddings and category probabilities out) and the
+shopper scorer (a shopper's history in, a score per product out).
 
-Every runtime implements the `Embedder` protocol and is picked by one setting (`SEESKU_INFERENCE`) through
-`create_embedder`. None of them imports torch.
+Every runtime implements the `Embedder` or `ShopperScorer` protocol and is picked by one setting
+(`SEESKU_INFERENCE`: `onnx` in-process, or `triton://HOST:PORT`) through `create_embedder` and
+`create_shopper_scorer`, the way one setting maps to a session class. None of them imports torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from vision.manifest import ModelManifest
+from vision.recommender import Event, RecommenderManifest
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,12 @@ class BulkPlan:
     cost cache (bench/tagging.py).
     """
 
-    factory: Callable[[], "Embedder"]  # picklable, called in the worker process
+    factory: Callable[[], Embedder]  # picklable, called in the worker process
     workers: int
     fork_safe: bool = True  # False: the runtime's client library must start afresh in a spawned process (gRPC)
+
+
+SUPPORTED = "'onnx', 'triton://HOST:PORT'"
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -60,6 +66,21 @@ class Embedder(Protocol):
     def bulk_plan(self) -> BulkPlan:
         """How bulk work (tagging) runs this model: see `BulkPlan`."""
 
+    def close(self) -> None:
+        """Let go of the session or the connection; the embedder is not used afterwards."""
+
+
+class ShopperScorer(Protocol):
+    manifest: RecommenderManifest
+
+    def load(self) -> None:
+        """Load the model now (otherwise the first `scores` call does)."""
+
+    def scores(self, history: Sequence[Event]) -> dict[str, float]:
+        """product_id -> the model's logit for it being the shopper's next product; {} without usable history."""
+
+    def close(self) -> None: ...
+
 
 def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, triton_model: str = "product_embedder",
                     timeout_s: float = 5.0, retries: int = 2) -> Embedder:
@@ -73,4 +94,18 @@ def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, tri
         from vision.runtimes.triton import TritonEmbedder
 
         return TritonEmbedder(inference, model_dir, triton_model, timeout_s=timeout_s, retries=retries)
-    raise ValueError(f"unknown inference runtime {inference!r}; supported: 'onnx', 'triton://HOST:PORT'")
+    raise ValueError(f"unknown inference runtime {inference!r}; supported: {SUPPORTED}")
+
+
+def create_shopper_scorer(inference: str, model_dir: str | Path, timeout_s: float = 5.0, retries: int = 2) -> ShopperScorer:
+    """The shopper model on the runtime `inference` names (as `create_embedder`); model_dir holds its manifest
+    (and, for 'onnx', the graph)."""
+    if inference == "onnx":
+        from vision.runtimes.onnx import OnnxShopperScorer
+
+        return OnnxShopperScorer(model_dir)
+    if inference.startswith("triton://"):
+        from vision.runtimes.triton import TritonShopperScorer
+
+        return TritonShopperScorer(inference, model_dir, timeout_s=timeout_s, retries=retries)
+    raise ValueError(f"unknown inference runtime {inference!r}; supported: {SUPPORTED}")

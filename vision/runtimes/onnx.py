@@ -1,16 +1,57 @@
-"""In-process ONNX Runtime: the embedded default."""
+"""In-process ONNX Runtime: the embedded default, for the embedder and the shopper model."""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
+from vision.recommender import OUTPUT_NAMES as SHOPPER_OUTPUTS
+from vision.recommender import Event, RecommenderManifest, encode
 from vision.runtimes import BulkPlan, EmbedderOutput
+
+
+def onnx_session(path: str | Path, threads: int = 0, spinning: bool = False):
+    """The one way seesku opens an ONNX graph: CPU, every graph optimisation, `threads` intra-op threads
+    (0: every core) and, unless `spinning`, no busy-waiting threads between runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads otherwise spin for a while after each run, stealing the cores that the request's
+    # decode and index search need next (measured: search 4-17 ms spinning, <1 ms not).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _LazySession:
+    """A session opened on first use, once, however many threads ask at the same time."""
+
+    def __init__(self, path: Path, threads: int, spinning: bool = False):
+        self._path, self._threads, self._spinning = path, threads, spinning
+        self._session = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def get(self):
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = onnx_session(self._path, self._threads, self._spinning)
+        return self._session
+
+    def close(self) -> None:
+        with self._lock:
+            self._session = None
 
 
 class OnnxRuntimeEmbedder:
@@ -19,12 +60,11 @@ class OnnxRuntimeEmbedder:
         self.manifest = ModelManifest.load(self.model_dir)
         self.threads = threads
         self.spinning = spinning
-        self._session = None
-        self._lock = threading.Lock()
+        self._session = _LazySession(self.model_dir / self.manifest.onnx_file, threads, spinning)
 
     @property
     def loaded(self) -> bool:
-        return self._session is not None
+        return self._session.loaded
 
     def bulk_plan(self) -> BulkPlan:
         # One single-threaded session per core, each in a process that decodes its own batches: a
@@ -32,34 +72,45 @@ class OnnxRuntimeEmbedder:
         # at batch 32, hence at most 8 workers; more cores than that go to their sessions' threads.
         cores = self.threads or os.cpu_count() or 1
         workers = min(cores, 8)
-        return BulkPlan(partial(OnnxRuntimeEmbedder, self.model_dir, threads=max(1, cores // workers), spinning=self.spinning),
-                        workers)
+        factory = partial(OnnxRuntimeEmbedder, self.model_dir, threads=max(1, cores // workers), spinning=self.spinning)
+        return BulkPlan(factory, workers)
 
     def health(self) -> str | None:
         return None if self.loaded else "model not loaded"
 
     def load(self) -> None:
-        # Lazy and thread-safe: concurrent first requests build one session, not several.
-        with self._lock:
-            if self._session is not None:
-                return
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads  # 0 lets ONNX Runtime use every core
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Idle ORT threads otherwise spin for a while after each run, stealing the cores that the
-            # request's decode and index search need next (measured: search 4-17 ms spinning, <1 ms not).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
-            self._session = ort.InferenceSession(
-                str(self.model_dir / self.manifest.onnx_file), options, providers=["CPUExecutionProvider"]
-            )
+        self._session.get()
 
     def embed(self, pixels: np.ndarray) -> EmbedderOutput:
-        if self._session is None:
-            self.load()
         size = self.manifest.input.size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
-        embedding, fine, coarse = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+        embedding, fine, coarse = self._session.get().run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
         return EmbedderOutput(embedding, fine, coarse)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class OnnxShopperScorer:
+    """The exported shopper model (`triton_models/user_recommender/`) in-process."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 1):
+        self.model_dir = Path(model_dir)
+        self.manifest = RecommenderManifest.load(self.model_dir)
+        self.index = {p: i + 1 for i, p in enumerate(self.manifest.vocabulary)}
+        # A tiny graph: one thread, no hand-off cost.
+        self._session = _LazySession(self.model_dir / self.manifest.onnx_file, threads)
+
+    def load(self) -> None:
+        self._session.get()
+
+    def scores(self, history: Sequence[Event]) -> dict[str, float]:
+        inputs = encode(history, self.index, self.manifest.max_len)
+        if inputs is None:
+            return {}
+        _, scores = self._session.get().run(list(SHOPPER_OUTPUTS), inputs)
+        return dict(zip(self.manifest.vocabulary, scores[0, 1:].tolist()))
+
+    def close(self) -> None:
+        self._session.close()

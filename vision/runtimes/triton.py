@@ -1,4 +1,4 @@
-"""The embedder on a Triton Inference Server (`SEESKU_INFERENCE=triton://host:8001`).
+"""The embedder and the shopper model on a Triton Inference Server (`SEESKU_INFERENCE=triton://host:8001`).
 
 Async gRPC through tritonclient on one event loop of its own: the service's worker threads call the plain
 `embed` and wait, while every in-flight request shares one HTTP/2 channel, so concurrent uploads reach
@@ -13,12 +13,14 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
+from vision.recommender import Event, RecommenderManifest, encode
 from vision.runtimes import BulkPlan, EmbedderOutput, EmbedderUnavailable
 
 # gRPC codes worth another try: the server restarting, a dropped connection, a full queue, a late answer.
@@ -35,25 +37,20 @@ def parse_url(inference: str) -> str:
     return address
 
 
-class TritonEmbedder:
-    def __init__(self, url: str, model_dir: str | Path, model_name: str = "product_embedder",
-                 timeout_s: float = 5.0, retries: int = 2):
+class _TritonClient:
+    """One async gRPC client on an event loop of its own, with deadlines and bounded retries."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, retries: int = 2):
         self.url = parse_url(url)
-        self.model_dir = Path(model_dir)
-        self.manifest = ModelManifest.load(model_dir)
-        self.model_name = model_name
         self.timeout_s = timeout_s
         self.retries = retries
-        self.max_batch = 64  # replaced by the model's own max_batch_size on load
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="triton-grpc", daemon=True)
         self._thread.start()
         self._client = None
         self._lock = threading.Lock()
-        self._checked = False  # the served model's shapes were compared with the manifest
         self._health: tuple[float, str | None] = (0.0, "not connected to Triton yet")
 
-    # -- plumbing -----------------------------------------------------------------------------
     def _run(self, coroutine, timeout_s: float):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
 
@@ -71,6 +68,63 @@ class TritonEmbedder:
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ])
         return self._client
+
+    async def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """One inference with its deadline, retried while the server cannot answer; EmbedderUnavailable when
+        it still cannot, RuntimeError for any other failure."""
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        client = await self._get_client()
+        tensors = []
+        for name, array in inputs.items():
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+            tensors.append(tensor)
+        requested = [InferRequestedOutput(name) for name in outputs]
+        for attempt in range(self.retries + 1):
+            try:
+                result = await client.infer(model, tensors, outputs=requested, client_timeout=self.timeout_s)
+                self._health = (time.monotonic(), None)
+                return [result.as_numpy(name) for name in outputs]
+            except InferenceServerException as exc:
+                if exc.status() not in RETRYABLE or attempt == self.retries:
+                    reason = f"Triton at {self.url} failed: {_message(exc)}"
+                    if exc.status() in RETRYABLE:
+                        self._health = (time.monotonic(), reason)
+                        raise EmbedderUnavailable(reason) from None
+                    raise RuntimeError(reason) from None
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _ready(self, model: str) -> None:
+        client = await self._get_client()
+        try:
+            ready = await client.is_model_ready(model, client_timeout=min(self.timeout_s, 1.0))
+        except Exception as exc:
+            raise EmbedderUnavailable(f"Triton at {self.url} unreachable: {_message(exc)}") from None
+        if not ready:
+            raise EmbedderUnavailable(f"Triton at {self.url} has no ready model {model!r}")
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._run(self._client.close(), 5)
+            except Exception:
+                pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class TritonEmbedder(_TritonClient):
+    def __init__(self, url: str, model_dir: str | Path, model_name: str = "product_embedder",
+                 timeout_s: float = 5.0, retries: int = 2):
+        super().__init__(url, timeout_s, retries)
+        self.model_dir = Path(model_dir)
+        self.manifest = ModelManifest.load(model_dir)
+        self.model_name = model_name
+        self.max_batch = 64  # replaced by the model's own max_batch_size on load
+        self._checked = False  # the served model's shapes were compared with the manifest
 
     # -- the Embedder protocol ----------------------------------------------------------------
     def load(self) -> None:
@@ -120,7 +174,7 @@ class TritonEmbedder:
             return reason
         try:
             if self._checked:
-                self._run(self._ready(), self.timeout_s + 1)
+                self._run(self._ready(self.model_name), self.timeout_s + 1)
             else:
                 self.load()
             reason = None
@@ -130,15 +184,6 @@ class TritonEmbedder:
             reason = f"Triton at {self.url}: {_message(exc)}"
         self._health = (time.monotonic(), reason)
         return reason
-
-    async def _ready(self) -> None:
-        client = await self._get_client()
-        try:
-            ready = await client.is_model_ready(self.model_name, client_timeout=min(self.timeout_s, 1.0))
-        except Exception as exc:
-            raise EmbedderUnavailable(f"Triton at {self.url} unreachable: {_message(exc)}") from None
-        if not ready:
-            raise EmbedderUnavailable(f"Triton at {self.url} has no ready model {self.model_name!r}")
 
     def embed(self, pixels: np.ndarray) -> EmbedderOutput:
         size = self.manifest.input.size
@@ -153,39 +198,31 @@ class TritonEmbedder:
         return EmbedderOutput(*(np.concatenate([p[i] for p in parts]) for i in range(len(OUTPUT_NAMES))))
 
     async def _infer_all(self, chunks: list[np.ndarray]) -> list[list[np.ndarray]]:
-        return await asyncio.gather(*(self._infer(c) for c in chunks))
+        return await asyncio.gather(*(self._infer(self.model_name, {INPUT_NAME: c}, OUTPUT_NAMES) for c in chunks))
 
-    async def _infer(self, pixels: np.ndarray) -> list[np.ndarray]:
-        from tritonclient.grpc import InferInput, InferRequestedOutput
-        from tritonclient.utils import InferenceServerException
 
-        client = await self._get_client()
-        tensor = InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
-        tensor.set_data_from_numpy(np.ascontiguousarray(pixels))
-        outputs = [InferRequestedOutput(name) for name in OUTPUT_NAMES]
-        for attempt in range(self.retries + 1):
-            try:
-                result = await client.infer(self.model_name, [tensor], outputs=outputs, client_timeout=self.timeout_s)
-                self._health = (time.monotonic(), None)
-                return [result.as_numpy(name) for name in OUTPUT_NAMES]
-            except InferenceServerException as exc:
-                if exc.status() not in RETRYABLE or attempt == self.retries:
-                    reason = f"Triton at {self.url} failed: {_message(exc)}"
-                    if exc.status() in RETRYABLE:
-                        self._health = (time.monotonic(), reason)
-                        raise EmbedderUnavailable(reason) from None
-                    raise RuntimeError(reason) from None
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        if self._client is not None:
-            try:
-                self._run(self._client.close(), 5)
-            except Exception:
-                pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+class TritonShopperScorer(_TritonClient):
+    """The shopper model served by Triton (`user_recommender`): the history goes over the wire as three small
+    int64 tensors, the scores come back for every product of the vocabulary."""
+
+    def __init__(self, url: str, model_dir: str | Path, model_name: str = "user_recommender",
+                 timeout_s: float = 5.0, retries: int = 2):
+        super().__init__(url, timeout_s, retries)
+        self.manifest = RecommenderManifest.load(model_dir)
+        self.model_name = model_name
+        self.index = {p: i + 1 for i, p in enumerate(self.manifest.vocabulary)}
+
+    def load(self) -> None:
+        self._run(self._ready(self.model_name), self.timeout_s + 1)
+
+    def scores(self, history: Sequence[Event]) -> dict[str, float]:
+        inputs = encode(history, self.index, self.manifest.max_len)
+        if inputs is None:
+            return {}
+        wait_s = (self.retries + 1) * (self.timeout_s + 0.5) + 1
+        (scores,) = self._run(self._infer(self.model_name, inputs, ["scores"]), wait_s)
+        return dict(zip(self.manifest.vocabulary, scores[0, 1:].tolist()))
 
 
 def _message(exc: BaseException) -> str:

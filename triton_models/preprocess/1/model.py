@@ -1,12 +1,14 @@
 """Triton python backend: encoded photo bytes to the embedder's uint8 NHWC input.
 
-The same vision.preprocess transform as the API, with the same size and pixel limits; the spec comes from
-the product embedder's manifest so the two can never disagree. A photo that does not decode fails its own
+The same vision.preprocess transform as the API, with the same size and pixel limits (the model's
+parameters, written from the service's settings by `seesku triton serve`); the spec comes from the product
+embedder's manifest so the two can never disagree. A photo that does not decode fails its own
 request with the decoder's message and leaves the rest of the batch alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import site
 from pathlib import Path
@@ -27,7 +29,11 @@ class TritonPythonModel:
     def initialize(self, args):
         repository = Path(args["model_repository"]).parent
         self.spec = ModelManifest.load(repository / "product_embedder").input.spec()
-        self.limits = Limits()
+        config = json.loads(args["model_config"])
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        defaults = Limits()
+        self.limits = Limits(int(parameters.get("max_upload_bytes") or defaults.max_bytes),
+                             int(parameters.get("max_image_pixels") or defaults.max_pixels))
 
     def execute(self, requests):
         responses = []

@@ -1,0 +1,159 @@
+"""API keys with scopes, per-key rate limits, and the dependency that checks both on every request.
+
+Keys look like `sk_<key_id>_<secret>`; only the SHA-256 of the secret is stored (keys are long random
+tokens, so a fast hash is enough and a leaked database reveals no usable key). Scopes:
+- `search`: shopper channels: search, events, recommendations, reading the catalogue;
+- `catalog:write`: merchandisers: product and photo changes, tagging jobs;
+- `admin`: everything, including /metrics.
+Each key has a token-bucket rate limit (429 with Retry-After).
+Keys are required whenever the server listens on a non-loopback address (or SEESKU_REQUIRE_KEYS=true);
+the localhost demo of `make run` runs without them and says so at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+
+from api.errors import ApiError
+
+SCOPES = ("search", "catalog:write", "admin")
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass
+class ApiKey:
+    key_id: str
+    name: str
+    scopes: list[str]
+    created: float
+    revoked: float | None = None
+
+
+class KeyStore:
+    """API keys in their own SQLite file beside the catalogue."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.lock = threading.Lock()
+        with self.lock, self.db:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, "
+                "secret_sha256 TEXT NOT NULL, created REAL NOT NULL, revoked REAL)"
+            )
+
+    def create(self, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad or not scopes:
+            raise ValueError(f"unknown or missing scope(s) {bad}; choose from {list(SCOPES)}")
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        key = ApiKey(key_id, name, sorted(set(scopes)), time.time())
+        with self.lock, self.db:
+            self.db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                            (key_id, name, " ".join(key.scopes), _digest(secret), key.created))
+        return key, f"sk_{key_id}_{secret}"
+
+    def list(self) -> list[ApiKey]:
+        with self.lock:
+            rows = self.db.execute("SELECT key_id, name, scopes, created, revoked FROM api_keys ORDER BY created").fetchall()
+        return [ApiKey(k, n, s.split(), c, r) for k, n, s, c, r in rows]
+
+    def revoke(self, key_id: str) -> bool:
+        with self.lock, self.db:
+            return self.db.execute("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
+                                   (time.time(), key_id)).rowcount == 1
+
+    def check(self, token: str) -> ApiKey | None:
+        """The live key a presented token belongs to, or None."""
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != "sk":
+            return None
+        with self.lock:
+            row = self.db.execute("SELECT key_id, name, scopes, created, revoked, secret_sha256 FROM api_keys WHERE key_id = ?",
+                                  (parts[1],)).fetchone()
+        if row is None or row[4] is not None or not hmac.compare_digest(row[5], _digest(parts[2])):
+            return None
+        return ApiKey(row[0], row[1], row[2].split(), row[3], row[4])
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TokenBuckets:
+    """Per-caller token buckets: `rate` requests per second on average, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> float:
+        """0 when allowed; otherwise the seconds until a token is free."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[caller] = (tokens - 1, now)
+                return 0.0
+            self._buckets[caller] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+def authorise(read_scope: str, write_scope: str | None = None):
+    """A dependency: the caller's key must hold `read_scope` for reads and `write_scope` for writes
+    (admin holds every scope); each key is rate limited."""
+
+    async def dependency(request: Request) -> ApiKey | None:
+        state = request.app.state
+        needed = read_scope if request.method in READ_METHODS or write_scope is None else write_scope
+        key = None
+        if state.require_keys:
+            token = _presented_token(request)
+            if token is None:
+                raise ApiError(401, "missing_api_key", "send an API key as 'Authorization: Bearer sk_...' or 'X-API-Key'")
+            key = state.keys.check(token)
+            if key is None:
+                raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+            if needed not in key.scopes and "admin" not in key.scopes:
+                raise ApiError(403, "insufficient_scope", f"this key lacks the '{needed}' scope", {"scopes": key.scopes})
+        wait = state.rate_limits.take(key.key_id) if key else 0.0  # the keyless loopback demo is not limited
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"too many requests; retry in {wait:.2f} s", {"retry_after_s": round(wait, 3)},
+                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        request.state.api_key = key
+        return key
+
+    return dependency
+
+
+def _presented_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.headers.get("x-api-key") or None

@@ -1,0 +1,69 @@
+"""`seesku eval vision|recommender`: measure exported models (the train extras)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from api.cli.train import sequence_file
+from api.settings import REPO_ROOT
+
+app = typer.Typer(help="Evaluate models (needs the train extras: make test installs them).", no_args_is_help=True)
+
+
+@app.command("vision")
+def eval_vision(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
+    split: Annotated[str, typer.Option(help="train, val or test")] = "val",
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="exported model folder (manifest.json + ONNX)")] = REPO_ROOT / "triton_models" / "product_embedder",
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON on stdout")] = False,
+    out: Annotated[Path, typer.Option(help="folder for results JSON, per-class CSV and confusion matrix PNG")] = REPO_ROOT / "training" / "reports",
+    report: Annotated[Optional[Path], typer.Option(help="report to (re)write from every result in OUT; default OUT/<dataset>.md")] = None,
+    name: Annotated[Optional[str], typer.Option(help="label of this model in the report; default its model_id")] = None,
+) -> None:
+    """Evaluate an exported model on a split through the service's own preprocess and runtime."""
+    from training.evaluate import evaluate, write_report
+
+    try:
+        result = evaluate(model, data, split, out, name=name, log=lambda m: typer.echo(m, err=True))
+    except ValueError as exc:  # an empty split, a model trained on this split
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    path = write_report(out, report)
+    typer.echo(f"report: {path}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in result["metrics"].items():
+            typer.echo(f"{key:32s} {value:.4f}")
+
+
+@app.command("recommender")
+def eval_recommender(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="the sequence file the model was trained on")],
+    model: Annotated[list[Path], typer.Option(exists=True, dir_okay=False,
+                                              help="a best.pt checkpoint; repeat it to score an ensemble (mean log-probability)")],
+    split: Annotated[str, typer.Option(help="val or test")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="also write the result JSON here")] = None,
+) -> None:
+    """Leave-one-out evaluation, full ranking against every item: HR@5/10/20 and NDCG@5/10/20."""
+    from training.recommender.evaluate import EvaluationRefused, evaluate_checkpoints
+
+    try:
+        result = evaluate_checkpoints(model, sequence_file(data), split, data=str(data))
+    except EvaluationRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    metrics = result["metrics"]
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in metrics.items():
+            typer.echo(f"{key:10s} {value:.4f}")

@@ -1,0 +1,1 @@
+"""Plain ASGI middleware that every request passes: request logs, metrics, security headers, timeouts."""

@@ -1,0 +1,80 @@
+"""Shoppers: their events from every channel, the merged history, the shopper model's personal scores,
+and recommendations (the shopper model's, or the popular products without history).
+
+The shopper model runs on the runtime `SEESKU_INFERENCE` names (vision.runtimes.create_shopper_scorer);
+without an exported model (no manifest in SEESKU_RECOMMENDER_DIR) nothing is personalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from api.catalog.ranking import Ranking
+from api.catalog.records import ImageRecord, Product, UnknownProducts
+from api.catalog.store import CatalogStore
+from vision.recommender import Event
+from vision.runtimes import ShopperScorer
+
+
+@dataclass
+class Recommended:
+    product: Product
+    score: float
+    first_image: ImageRecord | None
+
+
+@dataclass
+class Recommendations:
+    source: str  # "model" or "popular"
+    model: str | None  # the shopper model that served them (id:version); None for popular
+    items: list[Recommended]
+
+
+class ShopperService:
+    def __init__(self, store: CatalogStore, ranking: Ranking, scorer: ShopperScorer | None,
+                 default_personal_weight: float):
+        self.store, self.ranking, self.scorer = store, ranking, scorer
+        self.default_personal_weight = default_personal_weight
+
+    @property
+    def model_id(self) -> str | None:
+        return self.scorer.manifest.served_id if self.scorer is not None else None
+
+    def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Store events in one transaction: (added, duplicates by event id). UnknownProducts, storing none,
+        when an event names a product the catalogue does not have."""
+        missing = self.store.missing_products([e.product_id for e in events])
+        if missing:
+            raise UnknownProducts([(i, e.product_id) for i, e in enumerate(events) if e.product_id in missing])
+        return self.store.add_events(events)
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Event]:
+        return self.store.history(user_id, limit)
+
+    def personal_scores(self, user_id: str | None) -> dict[str, float] | None:
+        """The shopper model's scores from the user's merged history; None when there is nothing to go on."""
+        if not user_id or self.scorer is None:
+            return None
+        history = self.store.history(user_id, self.scorer.manifest.max_len)
+        return self.scorer.scores(history) or None
+
+    def personalisation(self, user_id: str | None, weight: float | None) -> tuple[dict[str, float] | None, float]:
+        """What a search re-ranks by for this shopper: (scores or None, weight); weight None means the
+        default (SEESKU_PERSONAL_WEIGHT), and 0 turns it off."""
+        weight = self.default_personal_weight if weight is None else weight
+        return (self.personal_scores(user_id) if weight > 0 else None), weight
+
+    def recommendations(self, user_id: str, k: int) -> Recommendations:
+        products = {p.product_id: p for p in self.store.all_products()}
+        ranked = self.ranking.recommend(self.personal_scores(user_id) or {}, products, k)
+        source, model = "model", self.model_id
+        if not ranked:
+            ranked, source, model = self.ranking.popular(k), "popular", None
+        images = self.store.images_of([pid for pid, _ in ranked])
+        items = [Recommended(products[pid], score, (images.get(pid) or [None])[0]) for pid, score in ranked]
+        return Recommendations(source, model, items)
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()

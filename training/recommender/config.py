@@ -1,0 +1,49 @@
+"""The recommender's recipe: every setting of a run, saved in its checkpoints, and the command that
+reproduces it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RecommenderConfig:
+    data: str
+    out: str
+    dim: int = 64
+    max_len: int = 50
+    blocks: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    epochs: int = 200
+    batch: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    eval_every: int = 2
+    patience: int = 6  # evaluations without a better validation NDCG@10 before stopping
+    seed: int = 0
+    threads: int = 0
+    from_events: bool = False
+    # The Beauty protocol (S3-Rec's code) excludes items already in the history from the ranking. Shoppers'
+    # events are different: buying the same oat milk again is the most likely next event, so not for events.
+    exclude_history: bool = True
+    # Contrastive regulariser (0 = off): see `contrastive_loss`.
+    cl_weight: float = 0.0
+    cl_temperature: float = 1.0
+    # "train": the validation item is held out and picks the best epoch. "val": a refit for the final model,
+    # trained through the validation item for a fixed number of epochs (chosen beforehand on a "train" run);
+    # the test item is never trained on either way.
+    fit_through: str = "train"
+
+
+def reproduce_command(config: dict) -> str:
+    """The `seesku train recommender` line that reproduces a checkpoint's config."""
+    command = (
+        "seesku train recommender --data {data} --out {out} --epochs {epochs} --dim {dim} --max-len {max_len} "
+        "--lr {lr:g} --batch {batch} --dropout {dropout:g} --seed {seed}"
+    ).format(**config)
+    if config.get("cl_weight"):
+        command += " --cl-weight {cl_weight:g} --cl-temperature {cl_temperature:g}".format(**config)
+    if config.get("fit_through", "train") != "train":
+        command += f" --fit-through {config['fit_through']}"
+    return command
