@@ -71,3 +71,26 @@ def test_modules_and_functions_stay_small():
     too_long = [f"{rel}:{name} has {lines} lines" for rel, name, lines in sized_units()
                 if lines > (MAX_MODULE_LINES if name == "<module>" else MAX_FUNCTION_LINES)]
     assert not too_long, "\n".join(too_long)
+
+
+@pytest.mark.parametrize("protocol, implementations", [
+    ("api.catalog.store:CatalogStore", ["api.catalog.sqlite:SqliteCatalogStore"]),
+    ("api.catalog.index:VectorIndex", ["api.catalog.index:FaissIndex"]),
+    ("vision.runtimes:Embedder", ["vision.runtimes.onnx:OnnxRuntimeEmbedder", "vision.runtimes.triton:TritonEmbedder"]),
+    ("vision.runtimes:ShopperScorer", ["vision.runtimes.onnx:OnnxShopperScorer",
+                                       "vision.runtimes.triton:TritonShopperScorer"]),
+])
+def test_every_backend_implements_its_whole_protocol(protocol, implementations):
+    """Each backend behind its protocol has every member the callers may use (picked by one setting in
+    api/settings.py and vision/runtimes/__init__.py)."""
+    import importlib
+
+    def load(name: str) -> type:
+        module, _, attribute = name.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    wanted = {name for name in vars(load(protocol)) if not name.startswith("_") or name == "__len__"}
+    wanted -= {"__len__"} if "__len__" not in vars(load(protocol)) else set()
+    for implementation in map(load, implementations):
+        missing = sorted(name for name in wanted if not hasattr(implementation, name) and name != "manifest")
+        assert not missing, f"{implementation.__name__} lacks {missing}"

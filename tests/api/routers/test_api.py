@@ -76,6 +76,21 @@ def test_search_form_fields(sample_client):
     assert len(matches) == 2 and all(m["category"]["coarse"] == "Tomato" for m in matches)
 
 
+def test_every_validation_error_has_one_shape(sample_client):
+    """FastAPI's own validation (a product body), the search route's (its options) and a route's own check
+    (a null field in a PATCH) all answer the same 422: `where: what` as the message, every problem in details."""
+    answers = [
+        sample_client.post("/v1/products", json={"product_id": "x"}),
+        search(sample_client, QUERY.read_bytes(), k=0),
+        sample_client.patch("/v1/products/Banana", json={"name": None}),
+    ]
+    for resp, where in zip(answers, ["body.", "query.k: ", "body.name: "]):
+        error = assert_error(resp, 422, "validation_error")
+        assert error["message"].startswith(where), error
+        assert error["details"] and all(set(d) == {"loc", "msg", "type"} for d in error["details"]), error
+        assert error["message"] == f"{'.'.join(map(str, error['details'][0]['loc']))}: {error['details'][0]['msg']}"
+
+
 def test_search_options_query_wins_and_each_bad_one_is_named(sample_client):
     """The route validates its options itself (api.routers.search.search_params): the query string beats a
     form field, and every bad option is reported with where it came from."""
