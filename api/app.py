@@ -37,7 +37,9 @@ def start_service(settings: Settings) -> CatalogService:
         if events.exists():
             log.info("importing the synthetic sample shopper events %s", events)
             import_events_csv(service, events)
-    log.info("seesku ready: model %s, %d products, %d vectors", service.model_id, service.count_products(), service.vectors)
+    log.info(
+        "seesku ready: model %s, %d products, %d vectors", service.model_id, service.count_products(), service.vectors
+    )
     return service
 
 
@@ -55,7 +57,9 @@ def start_jobs(settings: Settings, service: CatalogService):
         # The server's setting, not the job's: clients cannot choose it, and a job saved by an older version
         # resumes with today's.
         options = dataclasses.replace(options, workers=settings.tagging_workers)
-        return Tagger(service.embedder, service.ranking.catalogue_matches, options, settings.limits(), start_method="spawn")
+        return Tagger(
+            service.embedder, service.ranking.catalogue_matches, options, settings.limits(), start_method="spawn"
+        )
 
     runner = JobRunner(JobStore(settings.data_dir / "jobs"), tagger, settings.tagging_root, settings.max_upload_bytes)
     runner.start()
@@ -88,21 +92,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.keys = KeyStore(settings.data_dir / "keys.sqlite3")
-    app.state.require_keys = settings.require_keys if settings.require_keys is not None else not is_loopback(settings.host)
+    app.state.require_keys = (
+        settings.require_keys if settings.require_keys is not None else not is_loopback(settings.host)
+    )
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
     if app.state.require_keys:
         log.info("API keys required (create one with `seesku keys create`)")
     else:
-        log.warning("API keys NOT required: listening on %s (loopback, the local demo); any other address requires them",
-                    settings.host)
-    app.add_middleware(TimeoutMiddleware, body_idle_timeout_s=settings.body_idle_timeout_s,
-                       request_timeout_s=settings.request_timeout_s)  # innermost: its 408/504 are logged and counted
+        log.warning(
+            "API keys NOT required: listening on %s (loopback, the local demo); any other address requires them",
+            settings.host,
+        )
+    app.add_middleware(
+        TimeoutMiddleware,
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
+    )  # innermost: its 408/504 are logged and counted
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestLogMiddleware)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Channel"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Channel"],
+        )
     errors.install(app)
     shopper, merchandiser = Depends(authorise("search")), Depends(authorise("search", "catalog:write"))
     app.include_router(search.router, dependencies=[shopper])

@@ -60,19 +60,27 @@ class KeyStore:
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         key = ApiKey(key_id, name, sorted(set(scopes)), time.time())
         with self.lock, self.db:
-            self.db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                            (key_id, name, " ".join(key.scopes), _digest(secret), key.created))
+            self.db.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                (key_id, name, " ".join(key.scopes), _digest(secret), key.created),
+            )
         return key, f"sk_{key_id}_{secret}"
 
     def list(self) -> list[ApiKey]:
         with self.lock:
-            rows = self.db.execute("SELECT key_id, name, scopes, created, revoked FROM api_keys ORDER BY created").fetchall()
+            rows = self.db.execute(
+                "SELECT key_id, name, scopes, created, revoked FROM api_keys ORDER BY created"
+            ).fetchall()
         return [ApiKey(k, n, s.split(), c, r) for k, n, s, c, r in rows]
 
     def revoke(self, key_id: str) -> bool:
         with self.lock, self.db:
-            return self.db.execute("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
-                                   (time.time(), key_id)).rowcount == 1
+            return (
+                self.db.execute(
+                    "UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL", (time.time(), key_id)
+                ).rowcount
+                == 1
+            )
 
     def check(self, token: str) -> ApiKey | None:
         """The live key a presented token belongs to, or None."""
@@ -80,8 +88,10 @@ class KeyStore:
         if len(parts) != 3 or parts[0] != "sk":
             return None
         with self.lock:
-            row = self.db.execute("SELECT key_id, name, scopes, created, revoked, secret_sha256 FROM api_keys WHERE key_id = ?",
-                                  (parts[1],)).fetchone()
+            row = self.db.execute(
+                "SELECT key_id, name, scopes, created, revoked, secret_sha256 FROM api_keys WHERE key_id = ?",
+                (parts[1],),
+            ).fetchone()
         if row is None or row[4] is not None or not hmac.compare_digest(row[5], _digest(parts[2])):
             return None
         return ApiKey(row[0], row[1], row[2].split(), row[3], row[4])
@@ -136,16 +146,25 @@ def authorise(read_scope: str, write_scope: str | None = None):
         if state.require_keys:
             token = _presented_token(request)
             if token is None:
-                raise ApiError(401, "missing_api_key", "send an API key as 'Authorization: Bearer sk_...' or 'X-API-Key'")
+                raise ApiError(
+                    401, "missing_api_key", "send an API key as 'Authorization: Bearer sk_...' or 'X-API-Key'"
+                )
             key = state.keys.check(token)
             if key is None:
                 raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
             if needed not in key.scopes and "admin" not in key.scopes:
-                raise ApiError(403, "insufficient_scope", f"this key lacks the '{needed}' scope", {"scopes": key.scopes})
+                raise ApiError(
+                    403, "insufficient_scope", f"this key lacks the '{needed}' scope", {"scopes": key.scopes}
+                )
         wait = state.rate_limits.take(key.key_id) if key else 0.0  # the keyless loopback demo is not limited
         if wait > 0:
-            raise ApiError(429, "rate_limited", f"too many requests; retry in {wait:.2f} s", {"retry_after_s": round(wait, 3)},
-                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many requests; retry in {wait:.2f} s",
+                {"retry_after_s": round(wait, 3)},
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
         request.state.api_key = key
         return key
 

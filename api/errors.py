@@ -55,8 +55,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EmbedderUnavailable)
     async def _inference(_: Request, exc: EmbedderUnavailable):
         # Nothing was written: catalogue writes embed before they touch the store.
-        return error_response(503, "inference_unavailable", f"the model server cannot answer now: {exc}",
-                              headers={"Retry-After": "1"})
+        return error_response(
+            503, "inference_unavailable", f"the model server cannot answer now: {exc}", headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound):
@@ -69,7 +70,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UnknownCategory)
     async def _category(_: Request, exc: UnknownCategory):
         return error_response(
-            422, "unknown_category", f"no product has the fine or coarse category {exc.args[0]!r}; see GET /v1/categories"
+            422,
+            "unknown_category",
+            f"no product has the fine or coarse category {exc.args[0]!r}; see GET /v1/categories",
         )
 
     @app.exception_handler(UnknownProducts)
@@ -87,7 +90,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large", 503: "unavailable"}
+        codes = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "payload_too_large",
+            503: "unavailable",
+        }
         return error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
         )

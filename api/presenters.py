@@ -20,16 +20,28 @@ def image_urls(product_id: str, image_id: int) -> tuple[str, str]:
 def image_out(im: ImageRecord) -> ImageOut:
     url, thumb = image_urls(im.product_id, im.image_id)
     return ImageOut(
-        image_id=im.image_id, url=url, thumbnail_url=thumb, content_type=im.content_type,
-        width=im.width, height=im.height, bytes=im.bytes, created_at=im.created_at,
+        image_id=im.image_id,
+        url=url,
+        thumbnail_url=thumb,
+        content_type=im.content_type,
+        width=im.width,
+        height=im.height,
+        bytes=im.bytes,
+        created_at=im.created_at,
     )
 
 
 def product_out(p: Product, images: list[ImageRecord]) -> ProductOut:
     return ProductOut(
-        product_id=p.product_id, name=p.name, fine_category=p.fine_category, coarse_category=p.coarse_category,
-        description=p.description, attributes=p.attributes, images=[image_out(i) for i in images],
-        created_at=p.created_at, updated_at=p.updated_at,
+        product_id=p.product_id,
+        name=p.name,
+        fine_category=p.fine_category,
+        coarse_category=p.coarse_category,
+        description=p.description,
+        attributes=p.attributes,
+        images=[image_out(i) for i in images],
+        created_at=p.created_at,
+        updated_at=p.updated_at,
     )
 
 
@@ -45,21 +57,25 @@ def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -
     matches = []
     for m in result.matches:
         url, thumb = image_urls(m.product.product_id, m.image_id)
-        matches.append({
-            "product_id": m.product.product_id,
-            "name": m.product.name,
-            "category": {"fine": m.product.fine_category, "coarse": m.product.coarse_category},
-            "score": _rounded(m.score),
-            "visual_score": _rounded(m.visual_score),
-            "category_probability": _rounded(m.category_probability),
-            "personal_score": _rounded(m.personal_score),
-            "image_url": url,
-            "thumbnail_url": thumb,
-        })
+        matches.append(
+            {
+                "product_id": m.product.product_id,
+                "name": m.product.name,
+                "category": {"fine": m.product.fine_category, "coarse": m.product.coarse_category},
+                "score": _rounded(m.score),
+                "visual_score": _rounded(m.visual_score),
+                "category_probability": _rounded(m.category_probability),
+                "personal_score": _rounded(m.personal_score),
+                "image_url": url,
+                "thumbnail_url": thumb,
+            }
+        )
     return {
         "matches": matches,
-        "categories": {level: [{"name": n, "probability": _rounded(p)} for n, p in scores]
-                       for level, scores in (("fine", result.fine), ("coarse", result.coarse))},
+        "categories": {
+            level: [{"name": n, "probability": _rounded(p)} for n, p in scores]
+            for level, scores in (("fine", result.fine), ("coarse", result.coarse))
+        },
         "timings_ms": {k: _rounded(v, 3) for k, v in result.timings_ms.items()},
         "model": {"id": manifest.model_id, "version": manifest.version},
         "channel": channel,
@@ -67,14 +83,20 @@ def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -
 
 
 def history_event(e: Event) -> HistoryEvent:
-    return HistoryEvent(product_id=e.product_id, type=e.type, channel=e.channel,
-                        timestamp=datetime.fromtimestamp(e.ts, UTC), event_id=e.event_id)
+    return HistoryEvent(
+        product_id=e.product_id,
+        type=e.type,
+        channel=e.channel,
+        timestamp=datetime.fromtimestamp(e.ts, UTC),
+        event_id=e.event_id,
+    )
 
 
 def recommendations_out(user_id: str, found: Recommended) -> Recommendations:
     items = [
         Recommendation(
-            product_id=r.product.product_id, name=r.product.name,
+            product_id=r.product.product_id,
+            name=r.product.name,
             category=CategoryRef(fine=r.product.fine_category, coarse=r.product.coarse_category),
             score=round(r.score, 6),
             thumbnail_url=image_urls(r.product.product_id, r.first_image.image_id)[1] if r.first_image else None,

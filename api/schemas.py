@@ -38,13 +38,16 @@ class Match(BaseModel):
     product_id: str
     name: str
     category: CategoryRef
-    score: float = Field(description="ranking score: visual_score + head_weight x category_probability (the latter term only when the model knows the category) + personal_weight x personal_score (only for a shopper with history)")
+    score: float = Field(
+        description="ranking score: visual_score + head_weight x category_probability (the latter term only when the model knows the category) + personal_weight x personal_score (only for a shopper with history)"
+    )
     visual_score: float = Field(description="cosine similarity of the photo to the product's best-matching photo")
     category_probability: float | None = Field(
         description="the model's probability for the product's fine category; null when the model does not know it"
     )
     personal_score: float | None = Field(
-        None, description="the shopper model's share of this product among the candidates (user_id with history); null otherwise"
+        None,
+        description="the shopper model's share of this product among the candidates (user_id with history); null otherwise",
     )
     image_url: str = Field(description="the product photo that matched")
     thumbnail_url: str
@@ -170,6 +173,7 @@ class Readiness(BaseModel):
 
 # -- tagging jobs ---------------------------------------------------------------------------------
 
+
 class TaggingJob(BaseModel):
     id: str
     state: Literal["queued", "running", "done", "failed", "cancelled"]
@@ -213,7 +217,9 @@ class EventIn(BaseModel):
     type: EventType
     channel: Channel
     timestamp: datetime = Field(description="when it happened (ISO 8601; without an offset it is taken as UTC)")
-    event_id: str | None = Field(None, min_length=1, max_length=128, description="idempotency key: an event_id seen before is ignored")
+    event_id: str | None = Field(
+        None, min_length=1, max_length=128, description="idempotency key: an event_id seen before is ignored"
+    )
 
 
 class EventBatch(BaseModel):
@@ -243,12 +249,16 @@ class Recommendation(BaseModel):
     product_id: str
     name: str
     category: CategoryRef
-    score: float = Field(description="the shopper model's probability for this product among the catalogue (popularity share for 'popular')")
+    score: float = Field(
+        description="the shopper model's probability for this product among the catalogue (popularity share for 'popular')"
+    )
     thumbnail_url: str | None
 
 
 class Recommendations(BaseModel):
     user_id: str
-    source: Literal["model", "popular"] = Field(description="'popular' when the shopper has no usable history or no shopper model is loaded")
+    source: Literal["model", "popular"] = Field(
+        description="'popular' when the shopper has no usable history or no shopper model is loaded"
+    )
     model: str | None
     recommendations: list[Recommendation]

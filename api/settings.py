@@ -29,35 +29,56 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="catalogue database, photos and vector index")
     model_dir: Path = Field(REPO_ROOT / "triton_models" / "product_embedder", description="ONNX graph + manifest")
     inference: str = Field(
-        "onnx", pattern=r"^(onnx|triton://[^/:]+:\d+)$",
+        "onnx",
+        pattern=r"^(onnx|triton://[^/:]+:\d+)$",
         description="embedder runtime: `onnx` (in-process ONNX Runtime) or `triton://HOST:GRPC_PORT`",
     )
     triton_model: str = Field("product_embedder", description="Triton model to call (product_embedder_trt: TensorRT)")
     triton_timeout_s: float = Field(5.0, gt=0, description="deadline of one Triton call")
     inference_startup_wait_s: float = Field(60.0, ge=0, description="how long start-up waits for a remote embedder")
-    triton_retries: int = Field(2, ge=0, le=10, description="retries of a Triton call that failed for want of the server")
+    triton_retries: int = Field(
+        2, ge=0, le=10, description="retries of a Triton call that failed for want of the server"
+    )
     index: Literal["faiss"] = Field("faiss", description="vector index: FAISS, files under the data dir")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
     max_images_per_request: int = Field(32, gt=0, description="photos in one POST /v1/products/{id}/images")
     head_weight: float = Field(
-        0.5, ge=0, le=10,
+        0.5,
+        ge=0,
+        le=10,
         description="search score = visual similarity + head_weight x P(product's fine category); 0 = visual only",
     )
     personal_weight: float = Field(
-        0.5, ge=0, le=10,
+        0.5,
+        ge=0,
+        le=10,
         description="search score += personal_weight x personal_score for a shopper with history; 0 = off (also per request)",
     )
-    recommender_dir: Path | None = Field(REPO_ROOT / "triton_models" / "user_recommender", description="shopper model (ONNX + manifest)")
+    recommender_dir: Path | None = Field(
+        REPO_ROOT / "triton_models" / "user_recommender", description="shopper model (ONNX + manifest)"
+    )
     hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
-    tagging_root: Path | None = Field(None, description="folder that CSV tagging jobs may read photos from; unset: CSV jobs refused")
-    max_tagging_upload_bytes: int = Field(2 * 1024**3, gt=0, description="largest zip or CSV accepted by POST /v1/tagging/jobs")
-    tagging_workers: int = Field(0, ge=0, description="processes a tagging job decodes and embeds on; 0 = one per core "
-                                 "(fewer keep cores for searches while a job runs)")
-    require_keys: bool | None = Field(None, description="API keys required; unset: required unless listening on loopback")
-    rate_limit_per_s: float = Field(50.0, gt=0, description="requests per second per API key (per address without keys)")
+    tagging_root: Path | None = Field(
+        None, description="folder that CSV tagging jobs may read photos from; unset: CSV jobs refused"
+    )
+    max_tagging_upload_bytes: int = Field(
+        2 * 1024**3, gt=0, description="largest zip or CSV accepted by POST /v1/tagging/jobs"
+    )
+    tagging_workers: int = Field(
+        0,
+        ge=0,
+        description="processes a tagging job decodes and embeds on; 0 = one per core "
+        "(fewer keep cores for searches while a job runs)",
+    )
+    require_keys: bool | None = Field(
+        None, description="API keys required; unset: required unless listening on loopback"
+    )
+    rate_limit_per_s: float = Field(
+        50.0, gt=0, description="requests per second per API key (per address without keys)"
+    )
     rate_limit_burst: int = Field(100, gt=0, description="burst allowance of the rate limit")
     cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser (JSON list)")
     body_idle_timeout_s: float = Field(30.0, gt=0, description="longest pause in a request body before 408")
@@ -75,8 +96,14 @@ class Settings(BaseSettings):
     def create_embedder(self) -> Embedder:
         from vision.runtimes import create_embedder
 
-        return create_embedder(self.inference, self.model_dir, self.onnx_threads, self.triton_model,
-                               self.triton_timeout_s, self.triton_retries)
+        return create_embedder(
+            self.inference,
+            self.model_dir,
+            self.onnx_threads,
+            self.triton_model,
+            self.triton_timeout_s,
+            self.triton_retries,
+        )
 
     def create_shopper_scorer(self) -> ShopperScorer | None:
         """The shopper model on the same runtime as the embedder; None without an exported one."""

@@ -32,8 +32,9 @@ class Recommendations:
 
 
 class ShopperService:
-    def __init__(self, store: CatalogStore, ranking: Ranking, scorer: ShopperScorer | None,
-                 default_personal_weight: float):
+    def __init__(
+        self, store: CatalogStore, ranking: Ranking, scorer: ShopperScorer | None, default_personal_weight: float
+    ):
         self.store, self.ranking, self.scorer = store, ranking, scorer
         self.default_personal_weight = default_personal_weight
 

@@ -1,6 +1,6 @@
 """A 12 MP phone JPEG to model input: full decode vs DCT-scaled decode (vision.preprocess), in one run.
 
-    python bench/decode.py
+python bench/decode.py
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ def main() -> None:
     scaled = median_ms(lambda: load_image(data, SPEC), repeats=15)
     # the two paths must give the model the same picture, not just a faster one
     diff = float(np.abs(to_model_input(decode(data), SPEC).astype(int) - load_image(data, SPEC)).mean())
-    emit({
-        "bench": "decode",
-        "photo": {"width": 4000, "height": 3000, "bytes": len(data)},
-        "full_decode_ms_median": round(full, 2),
-        "dct_scaled_ms_median": round(scaled, 2),
-        "speedup": round(full / scaled, 2),
-        "mean_abs_pixel_diff": round(diff, 2),
-    })
+    emit(
+        {
+            "bench": "decode",
+            "photo": {"width": 4000, "height": 3000, "bytes": len(data)},
+            "full_decode_ms_median": round(full, 2),
+            "dct_scaled_ms_median": round(scaled, 2),
+            "speedup": round(full / scaled, 2),
+            "mean_abs_pixel_diff": round(diff, 2),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from vision.runtimes.onnx import OnnxRuntimeEmbedder
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds; the medians of the rounds are compared")
+    parser.add_argument(
+        "--rounds", type=int, default=9, help="interleaved rounds; the medians of the rounds are compared"
+    )
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     args = parser.parse_args()
 
@@ -36,14 +38,25 @@ def main() -> None:
     onnx = OnnxRuntimeEmbedder(args.model)
     onnx.load()
     projected = manifest.embedding_dim if manifest.data_checksum else None  # fine-tuned: a projection; untrained: none
-    model = ProductModel(manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels), embedding_dim=projected).eval()
+    model = ProductModel(
+        manifest.backbone, len(manifest.fine_labels), len(manifest.coarse_labels), embedding_dim=projected
+    ).eval()
     if manifest.gallery:  # the same extra work as the graph's voting gallery (random photos: speed, not answers)
         g = manifest.gallery
         model.set_hierarchy(manifest.fine_to_coarse, 0.0)
-        model.set_gallery(torch.randn(g.photos, model.embedding_dim), [i % len(manifest.fine_labels) for i in range(g.photos)],
-                          g.k, g.temperature, g.weight)
+        model.set_gallery(
+            torch.randn(g.photos, model.embedding_dim),
+            [i % len(manifest.fine_labels) for i in range(g.photos)],
+            g.k,
+            g.temperature,
+            g.weight,
+        )
 
-    result = {"bench": "embed", "model": f"{manifest.model_id}:{manifest.version}", "torch_threads": torch.get_num_threads()}
+    result = {
+        "bench": "embed",
+        "model": f"{manifest.model_id}:{manifest.version}",
+        "torch_threads": torch.get_num_threads(),
+    }
     for batch in (1, 16):
         pixels = np.stack([photos[i % len(photos)] for i in range(batch)])
         tensor = torch.from_numpy(pixels)

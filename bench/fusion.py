@@ -42,7 +42,9 @@ def history_for(product: str, others: list[str], rng: random.Random) -> list[Eve
     events, ts = [], 1.0
     for _ in range(rng.randint(5, 9)):
         if rng.random() < 0.7:
-            events.append(Event("sim", product, rng.choice(["purchase", "cart", "view"]), rng.choice(["app", "web", "kiosk"]), ts))
+            events.append(
+                Event("sim", product, rng.choice(["purchase", "cart", "view"]), rng.choice(["app", "web", "kiosk"]), ts)
+            )
         else:
             events.append(Event("sim", rng.choice(others), "view", rng.choice(["app", "web"]), ts))
         ts += 3600
@@ -54,6 +56,29 @@ def bootstrap_gain(fused: np.ndarray, visual: np.ndarray, rounds: int = 2000, se
     diffs = fused.astype(float) - visual.astype(float)
     means = [diffs[rng.integers(0, len(diffs), len(diffs))].mean() for _ in range(rounds)]
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
+def search_latency(service, shoppers, chosen, products, rng) -> dict[str, float]:
+    """The same photos searched by a shopper with history and by none, interleaved."""
+    shopper = history_for("Oatly-Oat-Milk", list(products), rng)
+    shoppers.add_events(
+        [Event("bench-shopper", e.product_id, e.type, e.channel, e.ts, f"b{i}") for i, e in enumerate(shopper)]
+    )
+    photos = [p.path.read_bytes() for p in chosen[:20]]
+    plain, personal = [], []
+    for _ in range(5):
+        for data in photos:
+            t = time.perf_counter()
+            run_search(service, shoppers, data, SearchParams(k=10))
+            plain.append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            run_search(service, shoppers, data, SearchParams(k=10, user_id="bench-shopper"))
+            personal.append((time.perf_counter() - t) * 1e3)
+    return {
+        "search_p50": round(statistics.median(plain), 2),
+        "search_with_shopper_p50": round(statistics.median(personal), 2),
+        "added_by_fusion_p50": round(statistics.median(personal) - statistics.median(plain), 2),
+    }
 
 
 def main() -> None:
@@ -102,8 +127,13 @@ def main() -> None:
             groups[group][0].append(fused[0].product.product_id == product)
             groups[group][1].append(visual)
 
-    result = {"bench": "fusion", "personal_weight": settings.personal_weight, "model": service.model_id,
-              "shopper_model": shoppers.scorer.manifest.model_id, "photos": len(chosen)}
+    result = {
+        "bench": "fusion",
+        "personal_weight": settings.personal_weight,
+        "model": service.model_id,
+        "shopper_model": shoppers.scorer.manifest.model_id,
+        "photos": len(chosen),
+    }
     for group, (fused, visual) in groups.items():
         fused, visual = np.array(fused), np.array(visual)
         result[group] = {
@@ -114,24 +144,7 @@ def main() -> None:
             "gain_95ci": bootstrap_gain(fused, visual) if len(fused) else None,
         }
 
-    # Latency: the same photos, a shopper with history vs none, interleaved.
-    shopper = history_for("Oatly-Oat-Milk", list(products), rng)
-    shoppers.add_events([Event("bench-shopper", e.product_id, e.type, e.channel, e.ts, f"b{i}") for i, e in enumerate(shopper)])
-    photos = [p.path.read_bytes() for p in chosen[:20]]
-    plain, personal = [], []
-    for _ in range(5):
-        for data in photos:
-            t = time.perf_counter()
-            run_search(service, shoppers, data, SearchParams(k=10))
-            plain.append((time.perf_counter() - t) * 1e3)
-            t = time.perf_counter()
-            run_search(service, shoppers, data, SearchParams(k=10, user_id="bench-shopper"))
-            personal.append((time.perf_counter() - t) * 1e3)
-    result["latency_ms"] = {
-        "search_p50": round(statistics.median(plain), 2),
-        "search_with_shopper_p50": round(statistics.median(personal), 2),
-        "added_by_fusion_p50": round(statistics.median(personal) - statistics.median(plain), 2),
-    }
+    result["latency_ms"] = search_latency(service, shoppers, chosen, products, rng)
     service.close()
     emit(result)
 

@@ -39,14 +39,18 @@ def main() -> None:
     lock = threading.Lock()
     stop = threading.Event()
     try:
+
         def shopper(n: int) -> None:
             with httpx.Client(base_url=url, timeout=30) as client:
                 i = n
                 while not stop.is_set():
                     t = time.perf_counter()
                     try:
-                        code = client.post("/v1/search", content=photos[i % len(photos)],
-                                           headers={"Content-Type": "image/jpeg", "X-Channel": "app"}).status_code
+                        code = client.post(
+                            "/v1/search",
+                            content=photos[i % len(photos)],
+                            headers={"Content-Type": "image/jpeg", "X-Channel": "app"},
+                        ).status_code
                     except httpx.HTTPError:
                         code = -1
                     ms = (time.perf_counter() - t) * 1e3
@@ -73,22 +77,24 @@ def main() -> None:
         proc.terminate()
         proc.wait()
     errors = sum(n for code, n in statuses.items() if code != 200)
-    emit({
-        "bench": "load",
-        "clients": args.clients,
-        "seconds": round(wall, 1),
-        "requests": len(latencies),
-        "errors": errors,
-        "statuses": {str(k): v for k, v in statuses.items()},
-        "rps": round(len(latencies) / wall, 1),
-        "p50_ms": round(percentile(latencies, 50), 1),
-        "p99_ms": round(percentile(latencies, 99), 1),
-        "p99_over_p50": round(percentile(latencies, 99) / percentile(latencies, 50), 2),
-        "searches_between_rss_samples": len(latencies) - mark,
-        "rss_mb_after_warmup": round(rss_start, 1),
-        "rss_mb_at_end": round(rss_end, 1),
-        "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
-    })
+    emit(
+        {
+            "bench": "load",
+            "clients": args.clients,
+            "seconds": round(wall, 1),
+            "requests": len(latencies),
+            "errors": errors,
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(percentile(latencies, 50), 1),
+            "p99_ms": round(percentile(latencies, 99), 1),
+            "p99_over_p50": round(percentile(latencies, 99) / percentile(latencies, 50), 2),
+            "searches_between_rss_samples": len(latencies) - mark,
+            "rss_mb_after_warmup": round(rss_start, 1),
+            "rss_mb_at_end": round(rss_end, 1),
+            "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def searches(url: str, photos: list[bytes], until) -> list[float]:
     try:
         while not until(len(latencies)):
             t = time.perf_counter()
-            conn.request("POST", "/v1/search", body=photos[len(latencies) % len(photos)], headers={"Content-Type": "image/jpeg"})
+            conn.request(
+                "POST", "/v1/search", body=photos[len(latencies) % len(photos)], headers={"Content-Type": "image/jpeg"}
+            )
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -46,7 +48,11 @@ def searches(url: str, photos: list[bytes], until) -> list[float]:
 
 
 def summary(latencies: list[float]) -> dict:
-    return {"searches": len(latencies), "p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2)}
+    return {
+        "searches": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p95_ms": round(percentile(latencies, 95), 2),
+    }
 
 
 def measure(workers: int, job_zip: bytes, photos: list[bytes], count: int) -> dict:
@@ -72,8 +78,13 @@ def measure(workers: int, job_zip: bytes, photos: list[bytes], count: int) -> di
             poller.join()
         if state["job"]["state"] != "done" or state["job"]["done"] != count:
             raise SystemExit(f"the job ended {state['job']}")
-        return {"tagging_workers": workers, "search_idle": summary(idle), "search_during_job": summary(during),
-                "job_photos_per_s": round(count / state["seconds"], 1), "job_seconds": round(state["seconds"], 1)}
+        return {
+            "tagging_workers": workers,
+            "search_idle": summary(idle),
+            "search_during_job": summary(during),
+            "job_photos_per_s": round(count / state["seconds"], 1),
+            "job_seconds": round(state["seconds"], 1),
+        }
     finally:
         proc.terminate()
         proc.wait(30)

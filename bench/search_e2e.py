@@ -43,8 +43,13 @@ def start_server(settings: dict[str, str] | None = None) -> tuple[str, subproces
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "SEESKU_DATA_DIR": tempfile.mkdtemp(prefix="seesku-bench-"), **(settings or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -93,8 +98,11 @@ def load(url: str, photos: list[bytes], concurrency: int, requests: int) -> dict
         t.join()
     wall = time.perf_counter() - start
     return {
-        "requests": len(latencies), "errors": errors, "rps": round(len(latencies) / wall, 1),
-        "p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2),
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p95_ms": round(percentile(latencies, 95), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
         # the service's own timings of each request (decode, embed, search = ranking, total), medians
         "server_ms": {name: round(statistics.median(values), 2) for name, values in server.items()},
@@ -134,11 +142,17 @@ def measure_server(url: str, photos: list[bytes], decode_embed, requests: int) -
         # The model once per request, as the service runs it: caches and ORT's threads are as cold as
         # between two requests.
         for i in range(per_round):
-            keep_alive.request("POST", "/v1/search", body=photos[i % len(photos)], headers={"Content-Type": "image/jpeg"})
+            keep_alive.request(
+                "POST", "/v1/search", body=photos[i % len(photos)], headers={"Content-Type": "image/jpeg"}
+            )
             keep_alive.getresponse().read()
             alternating.append(median_ms(decode_embed, repeats=1, warmup=0))
     keep_alive.close()
-    service_p50, model_ms, one_at_a_time = statistics.median(service), statistics.median(model), statistics.median(alternating)
+    service_p50, model_ms, one_at_a_time = (
+        statistics.median(service),
+        statistics.median(model),
+        statistics.median(alternating),
+    )
     return {
         "concurrency_1": load(url, photos, 1, requests),
         "concurrency_8": load(url, photos, 8, requests),
@@ -155,9 +169,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url")
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--servers", type=int, default=5,
-                        help="server processes started one after another (the headline is their median): on "
-                             "this shared 2-core machine one process can sit at 1.24x and the next at 1.42x")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=5,
+        help="server processes started one after another (the headline is their median): on "
+        "this shared 2-core machine one process can sit at 1.24x and the next at 1.42x",
+    )
     args = parser.parse_args()
     photos = [p.read_bytes() for p in QUERY_PHOTOS]
 
@@ -182,14 +200,18 @@ def main() -> None:
 
     # The server with the median ratio stands for the run; every server's figures follow.
     headline = sorted(runs, key=lambda r: r["p50_c1_over_decode_embed"])[len(runs) // 2]
-    emit({
-        "bench": "search_e2e",
-        **headline,
-        "servers": len(runs),
-        "p50_c1_over_decode_embed_each_server": [r["p50_c1_over_decode_embed"] for r in runs],
-        "p50_c1_over_decode_embed_one_per_request_each_server": [r["p50_c1_over_decode_embed_one_per_request"] for r in runs],
-        "client_overhead": floor,
-    })
+    emit(
+        {
+            "bench": "search_e2e",
+            **headline,
+            "servers": len(runs),
+            "p50_c1_over_decode_embed_each_server": [r["p50_c1_over_decode_embed"] for r in runs],
+            "p50_c1_over_decode_embed_one_per_request_each_server": [
+                r["p50_c1_over_decode_embed_one_per_request"] for r in runs
+            ],
+            "client_overhead": floor,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -141,14 +141,18 @@ def main() -> None:
     settings = Settings(data_dir=work / "data")
     service = CatalogService(settings)
     service.open()
-    import_catalog_csv(service, settings.sample_catalog)  # catalogue matches against the sample catalogue, as `make run` has
+    import_catalog_csv(
+        service, settings.sample_catalog
+    )  # catalogue matches against the sample catalogue, as `make run` has
     embedder = service.embedder
     spec = service.manifest.input.spec()
     pixels = np.stack([load_image(p.read_bytes(), spec) for p in sorted(folder.rglob("*.jpg"))[:32]])
 
     before = embedder_rate(embedder, pixels)
     bulk_before = bulk_rate(embedder, pixels)
-    options = TagOptions() if args.duplicate_threshold is None else TagOptions(duplicate_threshold=args.duplicate_threshold)
+    options = (
+        TagOptions() if args.duplicate_threshold is None else TagOptions(duplicate_threshold=args.duplicate_threshold)
+    )
     tagger = Tagger(embedder, service.ranking.catalogue_matches, options)
     items = list_items(folder)
     out = work / "tags.csv"
@@ -165,26 +169,32 @@ def main() -> None:
     embed_rate = statistics.median([before, after])
     bulk = statistics.median([bulk_before, bulk_after])
     best = max(embed_rate, bulk)  # tagging is compared with the faster way of running the model alone
-    emit({
-        "bench": "tagging",
-        "model": service.model_id,
-        "photos": len(items),
-        "true_duplicate_pairs": len(actual),
-        "tag_photos_per_s": round(summary.tagged_now / wall, 1),
-        "embedder_batch32_img_s": round(embed_rate, 1),
-        "embedder_batch32_img_s_before_after": [round(before, 1), round(after, 1)],
-        "embedder_bulk_img_s": round(bulk, 1),
-        "embedder_bulk_img_s_before_after": [round(bulk_before, 1), round(bulk_after, 1)],
-        "embedder_bulk": "1-thread ONNX Runtime session, one batch of 32 per core at once (Embedder.bulk_plan)",
-        "tag_over_embedder": round(summary.tagged_now / wall / best, 3),
-        "duplicate_threshold": options.duplicate_threshold,
-        "layout_threshold": options.layout_threshold,
-        "duplicate_pairs_predicted": len(predicted),
-        "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
-        "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,
-        "options": {"batch": options.batch, "workers": tagger.workers, "k": options.k,
-                    "decode_resample": "torch" if torch_resize(threads=None) else "pillow"},
-    })
+    emit(
+        {
+            "bench": "tagging",
+            "model": service.model_id,
+            "photos": len(items),
+            "true_duplicate_pairs": len(actual),
+            "tag_photos_per_s": round(summary.tagged_now / wall, 1),
+            "embedder_batch32_img_s": round(embed_rate, 1),
+            "embedder_batch32_img_s_before_after": [round(before, 1), round(after, 1)],
+            "embedder_bulk_img_s": round(bulk, 1),
+            "embedder_bulk_img_s_before_after": [round(bulk_before, 1), round(bulk_after, 1)],
+            "embedder_bulk": "1-thread ONNX Runtime session, one batch of 32 per core at once (Embedder.bulk_plan)",
+            "tag_over_embedder": round(summary.tagged_now / wall / best, 3),
+            "duplicate_threshold": options.duplicate_threshold,
+            "layout_threshold": options.layout_threshold,
+            "duplicate_pairs_predicted": len(predicted),
+            "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
+            "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,
+            "options": {
+                "batch": options.batch,
+                "workers": tagger.workers,
+                "k": options.k,
+                "decode_resample": "torch" if torch_resize(threads=None) else "pillow",
+            },
+        }
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

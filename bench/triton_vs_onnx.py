@@ -53,7 +53,11 @@ def run(embedder, pixels: list[np.ndarray], concurrency: int, requests: int) -> 
         latencies = list(pool.map(one, range(requests)))
         elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1e3
-    return {"img_per_s": requests / elapsed, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "img_per_s": requests / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def main() -> None:
@@ -104,7 +108,9 @@ def main() -> None:
         "targets": {"img_per_s_c16_ratio_min": 0.85, "extra_p50_ms_c1_max": 3.0},
     }
     # Where batching wins and where the hop costs, read off this run's numbers.
-    out["p99_ms_triton_minus_onnxruntime"] = {f"c{c}": round(tri[f"c{c}"]["p99_ms"] - ort[f"c{c}"]["p99_ms"], 2) for c in (1, 4, 16)}
+    out["p99_ms_triton_minus_onnxruntime"] = {
+        f"c{c}": round(tri[f"c{c}"]["p99_ms"] - ort[f"c{c}"]["p99_ms"], 2) for c in (1, 4, 16)
+    }
     p99_c16 = out["p99_ms_triton_minus_onnxruntime"]["c16"]
     out["reading"] = (
         f"The hop (gRPC, Triton's scheduler, the python backend's shared-memory hand-off) costs "

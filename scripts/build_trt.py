@@ -22,8 +22,15 @@ DEFAULT_ONNX = ROOT / "triton_models" / "product_embedder" / "1" / "model.onnx"
 DEFAULT_PLAN = ROOT / "triton_models" / "product_embedder_trt" / "1" / "model.plan"
 
 
-def build(onnx_path: Path, plan_path: Path, min_batch: int = 1, opt_batch: int = 32, max_batch: int = 64,
-          fp16: bool = True, workspace_gib: int = 4) -> dict:
+def build(
+    onnx_path: Path,
+    plan_path: Path,
+    min_batch: int = 1,
+    opt_batch: int = 32,
+    max_batch: int = 64,
+    fp16: bool = True,
+    workspace_gib: int = 4,
+) -> dict:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -52,8 +59,11 @@ def build(onnx_path: Path, plan_path: Path, min_batch: int = 1, opt_batch: int =
     tmp.write_bytes(bytes(plan))
     os.replace(tmp, plan_path)
     return {
-        "plan": str(plan_path), "bytes": plan_path.stat().st_size, "tensorrt": trt.__version__,
-        "fp16": fp16, "batch_profile": [min_batch, opt_batch, max_batch],
+        "plan": str(plan_path),
+        "bytes": plan_path.stat().st_size,
+        "tensorrt": trt.__version__,
+        "fp16": fp16,
+        "batch_profile": [min_batch, opt_batch, max_batch],
         "build_s": round(time.perf_counter() - started, 1),
     }
 

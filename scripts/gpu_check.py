@@ -102,7 +102,8 @@ def compare(engine: Engine, photos: np.ndarray) -> dict:
     same_top1 = got["fine_probs"].argmax(1) == reference.fine_probs.argmax(1)
     return {
         "photos": len(photos),
-        "cosine_min": round(float(cosine.min()), 6), "cosine_mean": round(float(cosine.mean()), 6),
+        "cosine_min": round(float(cosine.min()), 6),
+        "cosine_mean": round(float(cosine.mean()), 6),
         "same_top1_fine": int(same_top1.sum()),
         "max_abs_fine_prob_diff": round(float(np.abs(got["fine_probs"] - reference.fine_probs).max()), 5),
         "pass": bool(cosine.min() >= 0.999 and same_top1.all()),
@@ -121,7 +122,11 @@ def throughput(engine: Engine, batch: int, seconds: float = 3.0) -> dict:
         runs += 50
         engine.stream.synchronize()
     elapsed = time.perf_counter() - start
-    return {"batch": batch, "img_per_s": round(runs * batch / elapsed, 1), "ms_per_batch": round(elapsed / runs * 1e3, 4)}
+    return {
+        "batch": batch,
+        "img_per_s": round(runs * batch / elapsed, 1),
+        "ms_per_batch": round(elapsed / runs * 1e3, 4),
+    }
 
 
 def latency_batch1(engine: Engine, photos: np.ndarray, n: int = 2000) -> dict:
@@ -133,22 +138,32 @@ def latency_batch1(engine: Engine, photos: np.ndarray, n: int = 2000) -> dict:
         engine(photos[i % len(photos)][None])
         times.append((time.perf_counter() - t) * 1e3)
     ms = np.array(times)
-    return {"requests": n, "p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "includes": "host-to-device copy of the photo, the engine, device-to-host copy of the outputs"}
+    return {
+        "requests": n,
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "includes": "host-to-device copy of the photo, the engine, device-to-host copy of the outputs",
+    }
 
 
 def gpu_name() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except Exception as exc:  # noqa: BLE001
         return f"unknown ({exc})"
 
 
 def main() -> None:
     report: dict = {
-        "check": "gpu_tensorrt_fp16", "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "gpu": gpu_name(), "python": platform.python_version(),
+        "check": "gpu_tensorrt_fp16",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "gpu": gpu_name(),
+        "python": platform.python_version(),
         "targets": {"img_per_s_batch64_min": 10000, "p99_ms_batch1_max": 5.0, "cosine_min": 0.999},
     }
     try:

@@ -37,15 +37,26 @@ with open(out / "catalog.csv", "w", newline="") as f:
         fine_of[c["Class ID (int)"]] = (fine, coarse)
         iconic = root / c["Iconic Image Path (str)"].lstrip("/")
         infos = list(iconic.parent.glob("*_Information.txt"))
-        title = next((line.split(":", 1)[1].strip() for info in infos[:1] for line in info.read_text(encoding="utf-8-sig", errors="replace").splitlines() if line.startswith("Title:")), fine)
-        desc = (root / c["Product Description Path (str)"].lstrip("/")).read_text(encoding="utf-8-sig", errors="replace").strip()
+        title = next(
+            (
+                line.split(":", 1)[1].strip()
+                for info in infos[:1]
+                for line in info.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+                if line.startswith("Title:")
+            ),
+            fine,
+        )
+        desc = (
+            (root / c["Product Description Path (str)"].lstrip("/"))
+            .read_text(encoding="utf-8-sig", errors="replace")
+            .strip()
+        )
         shutil.copy(iconic, out / "catalog" / f"{fine}.jpg")
         images = [f"catalog/{fine}.jpg"]
         for path in sorted(ref_rng.sample(train_by_class[c["Class ID (int)"]], REFERENCE_PHOTOS)):
             shutil.copy(root / path, out / "catalog" / Path(path).name)
             images.append(f"catalog/{Path(path).name}")
         w.writerow([fine, title, fine, coarse, desc, ";".join(images)])
-
 
 
 def write_queries(split: str, folder: str) -> int:

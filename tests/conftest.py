@@ -35,8 +35,15 @@ def sample_catalog_subset(out: Path, keep=lambda row: True, limit: int | None = 
 def seesku(*args, data_dir, **kwargs) -> subprocess.CompletedProcess:
     """The `seesku` command line, as a user runs it, on its own data dir."""
     env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_ONNX_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
@@ -62,8 +69,14 @@ def triton_server(tmp_path_factory):
     """The real `tritonserver` binary (CPU, python backend) on free loopback ports, models ready; its
     preprocess model accepts photos up to TRITON_MAX_UPLOAD_BYTES (every sample photo is smaller)."""
     workdir = tmp_path_factory.mktemp("triton")
-    server = TritonServer(workdir, free_port(), free_port(), free_port(), log_file=workdir / "triton.log",
-                          limits=Limits(max_bytes=TRITON_MAX_UPLOAD_BYTES))
+    server = TritonServer(
+        workdir,
+        free_port(),
+        free_port(),
+        free_port(),
+        log_file=workdir / "triton.log",
+        limits=Limits(max_bytes=TRITON_MAX_UPLOAD_BYTES),
+    )
     server.start()
     yield server
     server.stop()
@@ -74,14 +87,19 @@ def start_serve(env: dict[str, str], *args: str, stdout=subprocess.DEVNULL) -> t
     and the process once /readyz answers 200 (fails the test with the server's exit code otherwise)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), *args], cwd=REPO_ROOT,
-        env={**os.environ, **env}, stdout=stdout, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}" + (f"; log: {stdout.name}" if hasattr(stdout, "name") else ""))
+            pytest.fail(
+                f"server exited with {proc.returncode}" + (f"; log: {stdout.name}" if hasattr(stdout, "name") else "")
+            )
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 return base, proc
@@ -96,8 +114,9 @@ def start_serve(env: dict[str, str], *args: str, stdout=subprocess.DEVNULL) -> t
 def live_server(tmp_path_factory):
     """The real service: `seesku serve` in a subprocess with the sample catalogue, on a free port."""
     log = open(tmp_path_factory.mktemp("live-log") / "server.log", "w+")
-    base, proc = start_serve({"SEESKU_DATA_DIR": str(tmp_path_factory.mktemp("live-data")), "SEESKU_ONNX_THREADS": "2"},
-                             stdout=log)
+    base, proc = start_serve(
+        {"SEESKU_DATA_DIR": str(tmp_path_factory.mktemp("live-data")), "SEESKU_ONNX_THREADS": "2"}, stdout=log
+    )
     yield base, proc
     proc.terminate()
     proc.wait(timeout=30)

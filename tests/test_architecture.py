@@ -13,8 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("api", "vision", "training", "triton_models")
-ALLOWED = {"vision": {"vision"}, "training": {"vision", "training"}, "triton_models": {"vision", "triton_models"},
-           "api": {"api", "vision"}}
+ALLOWED = {
+    "vision": {"vision"},
+    "training": {"vision", "training"},
+    "triton_models": {"vision", "triton_models"},
+    "api": {"api", "vision"},
+}
 EXCEPTIONS = {  # module -> packages it may import beyond its layer's
     "api/cli/train.py": {"training"},
     "api/cli/evaluate.py": {"training"},
@@ -68,18 +72,29 @@ def sized_units() -> list[tuple[str, str, int]]:
 
 
 def test_modules_and_functions_stay_small():
-    too_long = [f"{rel}:{name} has {lines} lines" for rel, name, lines in sized_units()
-                if lines > (MAX_MODULE_LINES if name == "<module>" else MAX_FUNCTION_LINES)]
+    too_long = [
+        f"{rel}:{name} has {lines} lines"
+        for rel, name, lines in sized_units()
+        if lines > (MAX_MODULE_LINES if name == "<module>" else MAX_FUNCTION_LINES)
+    ]
     assert not too_long, "\n".join(too_long)
 
 
-@pytest.mark.parametrize("protocol, implementations", [
-    ("api.catalog.store:CatalogStore", ["api.catalog.sqlite:SqliteCatalogStore"]),
-    ("api.catalog.index:VectorIndex", ["api.catalog.index:FaissIndex"]),
-    ("vision.runtimes:Embedder", ["vision.runtimes.onnx:OnnxRuntimeEmbedder", "vision.runtimes.triton:TritonEmbedder"]),
-    ("vision.runtimes:ShopperScorer", ["vision.runtimes.onnx:OnnxShopperScorer",
-                                       "vision.runtimes.triton:TritonShopperScorer"]),
-])
+@pytest.mark.parametrize(
+    "protocol, implementations",
+    [
+        ("api.catalog.store:CatalogStore", ["api.catalog.sqlite:SqliteCatalogStore"]),
+        ("api.catalog.index:VectorIndex", ["api.catalog.index:FaissIndex"]),
+        (
+            "vision.runtimes:Embedder",
+            ["vision.runtimes.onnx:OnnxRuntimeEmbedder", "vision.runtimes.triton:TritonEmbedder"],
+        ),
+        (
+            "vision.runtimes:ShopperScorer",
+            ["vision.runtimes.onnx:OnnxShopperScorer", "vision.runtimes.triton:TritonShopperScorer"],
+        ),
+    ],
+)
 def test_every_backend_implements_its_whole_protocol(protocol, implementations):
     """Each backend behind its protocol has every member the callers may use (picked by one setting in
     api/settings.py and vision/runtimes/__init__.py)."""

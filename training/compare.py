@@ -29,7 +29,9 @@ def read_predictions(path: Path) -> dict[str, dict[str, str]]:
 def compare(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> dict:
     """Paired accuracy of A and B per level, over the photos both were evaluated on (which must be the same)."""
     if set(a) != set(b):
-        raise ValueError(f"the two runs cover different photos ({len(set(a) ^ set(b))} differ): compare runs on the same split")
+        raise ValueError(
+            f"the two runs cover different photos ({len(set(a) ^ set(b))} differ): compare runs on the same split"
+        )
     result = {"photos": len(a)}
     for level in LEVELS:
         right_a = {p for p, row in a.items() if row[f"{level}_predicted"] == row[level]}

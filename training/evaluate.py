@@ -103,15 +103,24 @@ def dataset_name(photos: PhotoSet) -> str:
     return photos.source.split(":", 1)[0]
 
 
-def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | None = None,
-             log: Callable[[str], None] = print, progress=None) -> dict:
+def evaluate(
+    model_dir: Path,
+    data: Path,
+    split: str,
+    out: Path,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
+    progress=None,
+) -> dict:
     embedder = OnnxRuntimeEmbedder(model_dir)
     manifest = embedder.manifest
     photos = load_photos(data, split)
     trained_data, _, trained_splits = manifest.trained_on.rpartition(":")
     if trained_data == photos.source.rpartition(":")[0] and set(split.split("+")) & set(trained_splits.split("+")):
-        raise ValueError(f"{model_dir} was trained on {manifest.trained_on}: its figures on {split} would measure "
-                         "memory, not accuracy")
+        raise ValueError(
+            f"{model_dir} was trained on {manifest.trained_on}: its figures on {split} would measure "
+            "memory, not accuracy"
+        )
     if not len(photos):
         raise ValueError(f"{data}: split {split!r} has no photos")
     name = name or manifest.model_id
@@ -125,8 +134,66 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
     fine_map = _label_map(photos.fine_labels, manifest.fine_labels)
     coarse_map = _label_map(photos.coarse_labels, manifest.coarse_labels)
     fine_target, coarse_target = fine_map[fine_true], coarse_map[coarse_true]
-    known_fine, known_coarse = fine_target >= 0, coarse_target >= 0
+    known_fine = fine_target >= 0
 
+    metrics = _accuracy(
+        embedder, data, split, photos, embedding, fine_probs, coarse_probs, fine_target, coarse_target, log
+    )
+    # Per-class accuracy and confusion over the dataset's labels (model outputs mapped back to them).
+    predicted = _predicted_dataset_labels(fine_map, fine_probs)
+    counted = predicted >= 0
+    counts = confusion_matrix(fine_true[counted], predicted[counted], len(photos.fine_labels))
+    accuracy = per_class_accuracy(counts)
+    stem = f"{_slug(name)}-{split}"
+    _write_per_class(out / "per_class" / f"{stem}.csv", photos.fine_labels, counts, accuracy)
+    _write_per_photo(
+        out / "per_photo" / f"{stem}.csv", data, photos, predicted, _predicted_dataset_labels(coarse_map, coarse_probs)
+    )
+    figure = _plot_confusion(
+        out / "figures" / f"{stem}-confusion.png", counts, photos.fine_labels, f"{name} on {split}"
+    )
+
+    result = {
+        "model": name,
+        "model_id": manifest.model_id,
+        "model_dir": str(model_dir),
+        "manifest_command": manifest.command,
+        "dataset": dataset_name(photos),
+        "split": split,
+        "photos": len(photos),
+        "unknown_to_heads": int((~known_fine).sum()),
+        "metrics": metrics,
+        "throughput": {
+            **model_throughput(embedder, _load_pixels([p.path for p in photos.photos[:16]], manifest.input.spec())),
+            "pipeline_images_per_s": round(pipeline_rate, 1),
+        },
+        "train_wall_s": manifest.metrics.get("train_wall_s"),
+        "worst_classes": _worst_classes(photos.fine_labels, counts, accuracy),
+        "confusion_png": str(figure.relative_to(out)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _accuracy(
+    embedder,
+    data: Path,
+    split: str,
+    photos: PhotoSet,
+    embedding: np.ndarray,
+    fine_probs: np.ndarray,
+    coarse_probs: np.ndarray,
+    fine_target: np.ndarray,
+    coarse_target: np.ndarray,
+    log,
+) -> dict[str, float]:
+    """Top-1/5 of the heads (photos of products they know), recall against the catalogue photos, and
+    photo-to-photo 1-NN against the train split."""
+    known_fine, known_coarse = fine_target >= 0, coarse_target >= 0
+    fine_true = np.array([p.fine for p in photos.photos])
     metrics: dict[str, float] = {
         "fine_top1": topk_accuracy(fine_probs[known_fine], fine_target[known_fine], 1),
         "fine_top5": topk_accuracy(fine_probs[known_fine], fine_target[known_fine], 5),
@@ -144,42 +211,18 @@ def evaluate(model_dir: Path, data: Path, split: str, out: Path, name: str | Non
             log(f"embedding {len(train)} train photos for the photo-to-photo 1-NN")
             train_embedding = embed_photos(embedder, [p.path for p in train.photos])[0]
             metrics["nn1_train"] = nearest_neighbour_accuracy(
-                embedding, fine_true, train_embedding, np.array([p.fine for p in train.photos]))
+                embedding, fine_true, train_embedding, np.array([p.fine for p in train.photos])
+            )
+    return metrics
 
-    # Per-class accuracy and confusion over the dataset's labels (model outputs mapped back to them).
-    predicted = _predicted_dataset_labels(fine_map, fine_probs)
-    counted = predicted >= 0
-    counts = confusion_matrix(fine_true[counted], predicted[counted], len(photos.fine_labels))
-    accuracy = per_class_accuracy(counts)
-    stem = f"{_slug(name)}-{split}"
-    _write_per_class(out / "per_class" / f"{stem}.csv", photos.fine_labels, counts, accuracy)
-    _write_per_photo(out / "per_photo" / f"{stem}.csv", data, photos, predicted,
-                     _predicted_dataset_labels(coarse_map, coarse_probs))
-    figure = _plot_confusion(out / "figures" / f"{stem}-confusion.png", counts, photos.fine_labels, f"{name} on {split}")
 
-    result = {
-        "model": name,
-        "model_id": manifest.model_id,
-        "model_dir": str(model_dir),
-        "manifest_command": manifest.command,
-        "dataset": dataset_name(photos),
-        "split": split,
-        "photos": len(photos),
-        "unknown_to_heads": int((~known_fine).sum()),
-        "metrics": metrics,
-        "throughput": {**model_throughput(embedder, _load_pixels([p.path for p in photos.photos[:16]], manifest.input.spec())),
-                       "pipeline_images_per_s": round(pipeline_rate, 1)},
-        "train_wall_s": manifest.metrics.get("train_wall_s"),
-        "worst_classes": sorted(
-            ({"class": photos.fine_labels[i], "accuracy": float(a), "photos": int(counts[i].sum())}
-             for i, a in enumerate(accuracy) if not np.isnan(a)), key=lambda r: r["accuracy"])[:5],
-        "confusion_png": str(figure.relative_to(out)),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    (out / "results" / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+def _worst_classes(labels: list[str], counts: np.ndarray, accuracy: np.ndarray, n: int = 5) -> list[dict]:
+    rows = [
+        {"class": labels[i], "accuracy": float(a), "photos": int(counts[i].sum())}
+        for i, a in enumerate(accuracy)
+        if not np.isnan(a)
+    ]
+    return sorted(rows, key=lambda r: r["accuracy"])[:n]
 
 
 def _slug(name: str) -> str:
@@ -192,11 +235,14 @@ def _write_per_class(path: Path, labels: list[str], counts: np.ndarray, accuracy
         writer = csv.writer(f)
         writer.writerow(["class", "photos", "correct", "accuracy"])
         for i, label in enumerate(labels):
-            writer.writerow([label, int(counts[i].sum()), int(counts[i, i]), "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.4f}"])
+            writer.writerow(
+                [label, int(counts[i].sum()), int(counts[i, i]), "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.4f}"]
+            )
 
 
-def _write_per_photo(path: Path, data: Path, photos: PhotoSet, fine_predicted: np.ndarray,
-                     coarse_predicted: np.ndarray) -> None:
+def _write_per_photo(
+    path: Path, data: Path, photos: PhotoSet, fine_predicted: np.ndarray, coarse_predicted: np.ndarray
+) -> None:
     """Each photo's labels and top-1 predictions (dataset label names; empty when the heads do not know
     it), for paired comparisons of two models on the same photos (python -m training.compare)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,9 +257,15 @@ def _write_per_photo(path: Path, data: Path, photos: PhotoSet, fine_predicted: n
         writer.writerow(["photo", "fine", "fine_predicted", "coarse", "coarse_predicted"])
         for photo, fine, coarse in zip(photos.photos, fine_predicted.tolist(), coarse_predicted.tolist()):
             where = photo.path.resolve()
-            writer.writerow([where.relative_to(root) if where.is_relative_to(root) else where,
-                             photos.fine_labels[photo.fine], name(photos.fine_labels, fine),
-                             photos.coarse_labels[photo.coarse], name(photos.coarse_labels, coarse)])
+            writer.writerow(
+                [
+                    where.relative_to(root) if where.is_relative_to(root) else where,
+                    photos.fine_labels[photo.fine],
+                    name(photos.fine_labels, fine),
+                    photos.coarse_labels[photo.coarse],
+                    name(photos.coarse_labels, coarse),
+                ]
+            )
 
 
 def _plot_confusion(path: Path, counts: np.ndarray, labels: list[str], title: str) -> Path:
@@ -262,7 +314,8 @@ def write_report(out: Path, report: Path | None = None) -> Path:
         "Written by `seesku eval vision` from the results in `results/`; do not edit by hand.",
         "Every figure is measured through the service's own preprocess and ONNX Runtime embedder.",
         "",
-        "| metric | " + " | ".join(f"{r['model']} ({r['split']}, {r['photos']} photos)" for r in results)
+        "| metric | "
+        + " | ".join(f"{r['model']} ({r['split']}, {r['photos']} photos)" for r in results)
         + (" | published best (test) | target (test) |" if published else " |"),
         "|---|" + "---|" * len(results) + ("---|---|" if published else ""),
     ]
@@ -274,25 +327,40 @@ def write_report(out: Path, report: Path | None = None) -> Path:
         else:
             row += " |"
         lines.append(row)
-    lines.append("| model images/s, batch 1 / 16 (this machine) | " + " | ".join(
-        f"{r['throughput']['images_per_s_batch1']:.0f} / {r['throughput']['images_per_s_batch16']:.0f}" for r in results)
-        + (" | | |" if published else " |"))
-    lines.append("| training wall time | " + " | ".join(
-        f"{r['train_wall_s'] / 60:.0f} min" if r.get("train_wall_s") else "none" for r in results)
-        + (" | | |" if published else " |"))
+    lines.append(
+        "| model images/s, batch 1 / 16 (this machine) | "
+        + " | ".join(
+            f"{r['throughput']['images_per_s_batch1']:.0f} / {r['throughput']['images_per_s_batch16']:.0f}"
+            for r in results
+        )
+        + (" | | |" if published else " |")
+    )
+    lines.append(
+        "| training wall time | "
+        + " | ".join(f"{r['train_wall_s'] / 60:.0f} min" if r.get("train_wall_s") else "none" for r in results)
+        + (" | | |" if published else " |")
+    )
     if published:
         lines += ["", f"Published: {published['source']}."]
     lines += ["", "## Models", ""]
     for r in {r["model"]: r for r in results}.values():
-        lines.append(f"- **{r['model']}** (`{r['model_id']}`, {r['model_dir']}), produced by: `{r['manifest_command'] or 'n/a'}`")
+        lines.append(
+            f"- **{r['model']}** (`{r['model_id']}`, {r['model_dir']}), produced by: `{r['manifest_command'] or 'n/a'}`"
+        )
     lines += ["", "## Weakest classes", ""]
     for r in results:
         worst = ", ".join(f"{w['class']} {_pct(w['accuracy'])} ({w['photos']})" for w in r["worst_classes"])
-        lines.append(f"- {r['model']} on {r['split']}: {worst}; confusion matrix: [{r['confusion_png']}]({r['confusion_png']})")
+        lines.append(
+            f"- {r['model']} on {r['split']}: {worst}; confusion matrix: [{r['confusion_png']}]({r['confusion_png']})"
+        )
     notes = out / "notes" / path.name
     if notes.exists():  # hand-written context (how the run went, what was left out), kept between renders
         lines += ["", "## Notes", "", notes.read_text().strip()]
-    lines += ["", f"Machine: {results[-1]['machine']}. Evaluated: "
-              + ", ".join(f"{r['model']}/{r['split']} {r['evaluated_at']}" for r in results) + "."]
+    lines += [
+        "",
+        f"Machine: {results[-1]['machine']}. Evaluated: "
+        + ", ".join(f"{r['model']}/{r['split']} {r['evaluated_at']}" for r in results)
+        + ".",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path

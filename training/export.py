@@ -49,38 +49,60 @@ def export_trained(
     cfg = REGISTRY[config.backbone]
     model.input_size = input_size or cfg.input_size
     model.set_hierarchy(state["fine_to_coarse"], coarse_from_fine)
-    heads = (f"trained cosine heads (scale {config.head_scale:g}) on a {config.embedding_dim}-d projection; "
-             "cross-entropy + SupCon, see training/vision.py")
+    heads = (
+        f"trained cosine heads (scale {config.head_scale:g}) on a {config.embedding_dim}-d projection; "
+        "cross-entropy + SupCon, see training/vision.py"
+    )
     if coarse_from_fine > 0:
         heads += f"; coarse_probs = {1 - coarse_from_fine:g} x coarse head + {coarse_from_fine:g} x fine_probs summed per coarse category"
     data = Path(data or config.data)
     train_set = load_photos(data, config.training_split)
-    gallery = None
     serving_input = InputConfig(size=model.input_size, crop_pct=crop_pct or cfg.crop_pct, mean=cfg.mean, std=cfg.std)
+    gallery = None
     if gallery_weight > 0:
-        spec = serving_input.spec()
         log(f"embedding the {len(train_set)} training photos as the reference gallery")
-        model.eval()
-        reference = embed_paths(model, [p.path for p in train_set.photos], spec)
-        position = {name: i for i, name in enumerate(state["fine_labels"])}
-        labels = [position[train_set.fine_labels[p.fine]] for p in train_set.photos]
-        model.set_gallery(reference, labels, gallery_k, gallery_temperature, gallery_weight)
-        gallery = GalleryConfig(split=config.training_split, photos=len(labels), k=model.gallery_k, temperature=gallery_temperature, weight=gallery_weight)
-        heads += (f"; then fine_probs and coarse_probs = {1 - gallery_weight:g} x those + {gallery_weight:g} x the vote of "
-                  f"the {model.gallery_k} nearest of the {len(train_set)} training photos (softmax of cosine / "
-                  f"{gallery_temperature:g})")
+        gallery = _bake_gallery(
+            model,
+            state,
+            train_set,
+            serving_input,
+            config.training_split,
+            gallery_k,
+            gallery_temperature,
+            gallery_weight,
+        )
+        heads += (
+            f"; then fine_probs and coarse_probs = {1 - gallery_weight:g} x those + {gallery_weight:g} x the vote of "
+            f"the {model.gallery_k} nearest of the {len(train_set)} training photos (softmax of cosine / "
+            f"{gallery_temperature:g})"
+        )
     log("checksumming the training data")
-    validated = [r for r in state["history"] if "val_fine_top1" in r]
-    best = max(validated, key=lambda r: r["val_fine_top1"]) if validated else state["history"][-1]
-    metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
-    metrics["best_epoch"] = float(best["epoch"])
-    metrics["train_wall_s"] = float(sum(r["seconds"] for r in state["history"]))
-    manifest = ModelManifest(
+    metrics = _training_metrics(state["history"])
+    manifest = _manifest(config, model, state, train_set, heads, serving_input, metrics, gallery, export_command)
+    check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
+    manifest = write_model(model, manifest, out_dir, check, log)
+    return add_sample_query_metrics(out_dir, queries_csv) if queries_csv else manifest
+
+
+def _manifest(
+    config: TrainConfig,
+    model,
+    state: dict,
+    train_set,
+    heads: str,
+    serving_input: InputConfig,
+    metrics: dict[str, float],
+    gallery: GalleryConfig | None,
+    export_command: str | None,
+) -> ModelManifest:
+    """What the exported graph is: provenance, input, labels, training record and the reproduce command."""
+    cfg = REGISTRY[config.backbone]
+    return ModelManifest(
         model_id=f"seesku-{config.backbone.replace('tf_', '').replace('_', '-')}-ft",
         version="",  # set by write_model: the graph's checksum
         backbone=config.backbone,
         source_weights=f"{cfg.source} (ImageNet-1k), fine-tuned on {train_set.source} "
-                       f"({len(train_set)} photos + {len(train_set.iconic)} catalogue photos)",
+        f"({len(train_set)} photos + {len(train_set.iconic)} catalogue photos)",
         heads=heads,
         input=serving_input,
         embedding_dim=model.embedding_dim,
@@ -94,9 +116,28 @@ def export_trained(
         gallery=gallery,
         trained_on=train_set.source,
     )
-    check = [p.path for p in train_set.photos[:: max(1, len(train_set) // 32)]][:32]
-    manifest = write_model(model, manifest, out_dir, check, log)
-    return add_sample_query_metrics(out_dir, queries_csv) if queries_csv else manifest
+
+
+def _bake_gallery(
+    model, state: dict, train_set, serving_input: InputConfig, split: str, k: int, temperature: float, weight: float
+) -> GalleryConfig:
+    """The training photos as the graph's voting reference photos (`ProductModel.set_gallery`)."""
+    model.eval()
+    reference = embed_paths(model, [p.path for p in train_set.photos], serving_input.spec())
+    position = {name: i for i, name in enumerate(state["fine_labels"])}
+    labels = [position[train_set.fine_labels[p.fine]] for p in train_set.photos]
+    model.set_gallery(reference, labels, k, temperature, weight)
+    return GalleryConfig(split=split, photos=len(labels), k=model.gallery_k, temperature=temperature, weight=weight)
+
+
+def _training_metrics(history: list[dict]) -> dict[str, float]:
+    """The manifest's training figures: the best epoch's validation metrics (the last epoch's without val)."""
+    validated = [r for r in history if "val_fine_top1" in r]
+    best = max(validated, key=lambda r: r["val_fine_top1"]) if validated else history[-1]
+    metrics = {k: float(v) for k, v in best.items() if k.startswith("val_")}
+    metrics["best_epoch"] = float(best["epoch"])
+    metrics["train_wall_s"] = float(sum(r["seconds"] for r in history))
+    return metrics
 
 
 def add_sample_query_metrics(model_dir: Path, queries_csv: Path) -> ModelManifest:

@@ -16,7 +16,9 @@ def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
     return float((top == targets[:, None]).any(axis=1).mean())
 
 
-def recall_at_k(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, k: int) -> float:
+def recall_at_k(
+    queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, k: int
+) -> float:
     """Retrieval recall@k: a query hits when one of its k most similar gallery items has its label."""
     similarity = queries @ gallery.T
     k = min(k, len(gallery))
@@ -24,7 +26,9 @@ def recall_at_k(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarr
     return float((gallery_labels[top] == query_labels[:, None]).any(axis=1).mean())
 
 
-def nearest_neighbour_accuracy(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray) -> float:
+def nearest_neighbour_accuracy(
+    queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
+) -> float:
     """1-NN classification by cosine similarity (rows L2-normalised)."""
     return recall_at_k(queries, query_labels, gallery, gallery_labels, 1)
 

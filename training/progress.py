@@ -10,9 +10,14 @@ class TrainProgress:
     def __init__(self) -> None:
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} img/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
         )
 
     def __enter__(self):

@@ -42,7 +42,10 @@ def grid(model_dir: Path, data: Path) -> dict:
     embedder = OnnxRuntimeEmbedder(model_dir)
     manifest = embedder.manifest
     val, train = load_photos(data, "val"), load_photos(data, "train")
-    fine_map, coarse_map = _label_map(val.fine_labels, manifest.fine_labels), _label_map(val.coarse_labels, manifest.coarse_labels)
+    fine_map, coarse_map = (
+        _label_map(val.fine_labels, manifest.fine_labels),
+        _label_map(val.coarse_labels, manifest.coarse_labels),
+    )
     fine_true = fine_map[[p.fine for p in val.photos]]
     coarse_true = coarse_map[[p.coarse for p in val.photos]]
     embedding, fine, coarse = embed_photos(embedder, [p.path for p in val.photos])
@@ -59,13 +62,23 @@ def grid(model_dir: Path, data: Path) -> dict:
     for k, temperature in itertools.product(KS, TEMPERATURES):
         v = vote(similarity, reference_labels, len(manifest.fine_labels), k, temperature)
         for w in WEIGHTS:
-            rows.append({"k": k, "temperature": temperature, "weight": w,
-                         "val_fine_top1": accuracy((1 - w) * fine + w * v, fine_true),
-                         "val_coarse_top1": accuracy((1 - w) * coarse + w * v @ to_coarse, coarse_true)})
+            rows.append(
+                {
+                    "k": k,
+                    "temperature": temperature,
+                    "weight": w,
+                    "val_fine_top1": accuracy((1 - w) * fine + w * v, fine_true),
+                    "val_coarse_top1": accuracy((1 - w) * coarse + w * v @ to_coarse, coarse_true),
+                }
+            )
     rows.sort(key=lambda r: -(r["val_fine_top1"] + r["val_coarse_top1"]))  # stable: ties keep the grid order
-    return {"model": str(model_dir), "val_photos": len(val), "reference_photos": len(train),
-            "heads_alone": {"val_fine_top1": accuracy(fine, fine_true), "val_coarse_top1": accuracy(coarse, coarse_true)},
-            "grid": rows}
+    return {
+        "model": str(model_dir),
+        "val_photos": len(val),
+        "reference_photos": len(train),
+        "heads_alone": {"val_fine_top1": accuracy(fine, fine_true), "val_coarse_top1": accuracy(coarse, coarse_true)},
+        "grid": rows,
+    }
 
 
 def main() -> None:

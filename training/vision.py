@@ -23,7 +23,6 @@ top-1 improves); `--resume` continues from `last.pt` with the same sampler and a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,15 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2 as T
-from PIL import Image
 
+from training.augment import AugmentedPhotos, decoded_cache, epoch_loader, pk_batches
 from training.checkpoints import resume_state, save_atomically
 from training.data import PhotoSet, load_photos
 from vision.backbones import REGISTRY
-from vision.files import atomic_path
 from vision.model import ProductModel
-from vision.preprocess import InputSpec, decode, load_image
+from vision.preprocess import InputSpec, load_image
 
 
 @dataclass
@@ -84,74 +81,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def decoded_cache(paths: list[Path], side: int, cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Every photo decoded once (EXIF-rotated, RGB, short side `side`, centre square), memory-mapped."""
-    key = hashlib.sha256(f"{side}\n".encode() + "\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:16]
-    file = cache_dir / f"decoded-{side}-{len(paths)}-{key}.npy"
-    if file.exists():
-        return np.load(file, mmap_mode="r")
-    with atomic_path(file, suffix=".npy") as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
-        for i, path in enumerate(paths):
-            im = decode(path.read_bytes(), min_size=side)
-            scale = side / min(im.size)
-            w, h = max(side, round(im.width * scale)), max(side, round(im.height * scale))
-            left, top = (w - side) // 2, (h - side) // 2
-            array[i] = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC).crop((left, top, left + side, top + side)))
-            if progress:
-                progress(i + 1, len(paths))
-        array.flush()
-        del array
-    return np.load(file, mmap_mode="r")
-
-
-def phone_photo_augment(size: int) -> T.Compose:
-    """Augmentations that look like shoppers' phone photos: framing, tilt, perspective, light, blur, JPEG."""
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        T.RandomApply([T.RandomRotation(15)], p=0.4),
-        T.RandomPerspective(distortion_scale=0.25, p=0.3),
-        T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03),
-        T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
-        T.RandomApply([T.JPEG(quality=(30, 90))], p=0.3),
-    ])
-
-
-class AugmentedPhotos(torch.utils.data.Dataset):
-    def __init__(self, cache: np.ndarray):
-        self.cache = cache
-        self.size = 224
-        self.seed = 0
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = torch.from_numpy(np.array(self.cache[index])).permute(2, 0, 1)  # copy out of the read-only memmap
-        return phone_photo_augment(self.size)(image)
-
-
-def pk_batches(labels: np.ndarray, iconic_rows: dict[int, int], p: int, k: int, seed: int) -> list[list[int]]:
-    """One epoch of batches: P products x K photos each (+ each product's catalogue photo), every photo once."""
-    rng = np.random.default_rng(seed)
-    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)}
-    batches = []
-    while pools:
-        classes = list(rng.permutation(list(pools)))[:p]
-        batch = []
-        for c in classes:
-            take, pools[c] = pools[c][:k], pools[c][k:]
-            batch += [int(i) for i in take]
-            if c in iconic_rows:
-                batch.append(iconic_rows[c])
-            if not pools[c]:
-                del pools[c]
-        batches.append(batch)
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
-
-
-# ---------------------------------------------------------------------------------------------- losses
 def supcon_loss(embedding: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Supervised contrastive loss over a batch of L2-normalised embeddings."""
     n = len(embedding)
@@ -169,8 +98,12 @@ def supcon_loss(embedding: torch.Tensor, labels: torch.Tensor, temperature: floa
 # ---------------------------------------------------------------------------------------------- model
 def build_model(config: TrainConfig, photos: PhotoSet, pretrained: bool = True) -> ProductModel:
     model = ProductModel(
-        config.backbone, len(photos.fine_labels), len(photos.coarse_labels),
-        embedding_dim=config.embedding_dim, pretrained=pretrained, head_scale=config.head_scale,
+        config.backbone,
+        len(photos.fine_labels),
+        len(photos.coarse_labels),
+        embedding_dim=config.embedding_dim,
+        pretrained=pretrained,
+        head_scale=config.head_scale,
     )
     for module in frozen_modules(model, config.freeze_blocks):
         for parameter in module.parameters():
@@ -206,14 +139,16 @@ def make_optimizer(model: ProductModel, config: TrainConfig) -> torch.optim.Opti
         is_backbone = name.startswith("backbone.")
         no_decay = parameter.ndim <= 1  # BN and biases
         groups.setdefault((is_backbone, no_decay), []).append(parameter)
-    return torch.optim.AdamW([
-        {
-            "params": params,
-            "lr": config.lr * (config.backbone_lr_mult if is_backbone else 1.0),
-            "weight_decay": 0.0 if no_decay else config.weight_decay,
-        }
-        for (is_backbone, no_decay), params in groups.items()
-    ])
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": config.lr * (config.backbone_lr_mult if is_backbone else 1.0),
+                "weight_decay": 0.0 if no_decay else config.weight_decay,
+            }
+            for (is_backbone, no_decay), params in groups.items()
+        ]
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, labels: np.ndarray, config: TrainConfig):
@@ -244,12 +179,21 @@ def embed_pixels(model: ProductModel, pixels: np.ndarray, batch: int = 64):
     return tuple(torch.cat(parts).numpy() for parts in zip(*outs))
 
 
-def validation_metrics(model: ProductModel, val_pixels: np.ndarray, val_fine: np.ndarray, val_coarse: np.ndarray,
-                       iconic_pixels: np.ndarray, iconic_labels: np.ndarray) -> dict[str, float]:
+def validation_metrics(
+    model: ProductModel,
+    val_pixels: np.ndarray,
+    val_fine: np.ndarray,
+    val_coarse: np.ndarray,
+    iconic_pixels: np.ndarray,
+    iconic_labels: np.ndarray,
+) -> dict[str, float]:
     from training.metrics import recall_at_k, topk_accuracy
 
     embedding, fine, coarse = embed_pixels(model, val_pixels)
-    metrics = {"val_fine_top1": topk_accuracy(fine, val_fine, 1), "val_coarse_top1": topk_accuracy(coarse, val_coarse, 1)}
+    metrics = {
+        "val_fine_top1": topk_accuracy(fine, val_fine, 1),
+        "val_coarse_top1": topk_accuracy(coarse, val_coarse, 1),
+    }
     if len(iconic_pixels):
         gallery = embed_pixels(model, iconic_pixels)[0]
         metrics["val_catalogue_r1"] = recall_at_k(embedding, val_fine, gallery, iconic_labels, 1)
@@ -286,8 +230,9 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     last = out / "last.pt"
     state = None
     if resume:
-        state, recipe = resume_state(last, asdict(config), same=("data", "backbone", "embedding_dim"),
-                                     keep=("epochs", "threads"))
+        state, recipe = resume_state(
+            last, asdict(config), same=("data", "backbone", "embedding_dim"), keep=("epochs", "threads")
+        )
         config = TrainConfig(**recipe)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     random.seed(config.seed)
@@ -316,27 +261,30 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
 
-    meta = {
-        "fine_labels": train_set.fine_labels, "coarse_labels": train_set.coarse_labels,
-        "fine_to_coarse": train_set.fine_to_coarse, "config": asdict(config),
-    }
+    meta = checkpoint_meta(train_set, config)
     dataset = AugmentedPhotos(cache)
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation randomness, reproducible on resume
         dataset.size = config.size_for_epoch(epoch)
-        batches = pk_batches(labels, iconic_rows, config.classes_per_batch, config.photos_per_class, config.seed * 1000 + epoch)
-        batches = batches[:steps_per_epoch]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, num_workers=1, worker_init_fn=_worker_init,
-            multiprocessing_context="fork" if os.name == "posix" else None,
+        batches = pk_batches(
+            labels, iconic_rows, config.classes_per_batch, config.photos_per_class, config.seed * 1000 + epoch
         )
+        batches = batches[:steps_per_epoch]
+        loader = epoch_loader(dataset, batches)
         set_train_mode(model, config)
         started = time.perf_counter()
         update = ui.epoch(epoch, config.epochs, dataset.size, len(batches)) if ui else None
-        seen, total_loss = train_epoch(model, optimizer, scheduler, zip(loader, batches), labels, coarse, config, update)
+        seen, total_loss = train_epoch(
+            model, optimizer, scheduler, zip(loader, batches), labels, coarse, config, update
+        )
+        seconds = time.perf_counter() - started
         record = {
-            "epoch": epoch + 1, "size": dataset.size, "loss": total_loss / max(1, len(batches)), "images": seen,
-            "seconds": round(time.perf_counter() - started, 1), "images_per_s": round(seen / (time.perf_counter() - started), 1),
+            "epoch": epoch + 1,
+            "size": dataset.size,
+            "loss": total_loss / max(1, len(batches)),
+            "images": seen,
+            "seconds": round(seconds, 1),
+            "images_per_s": round(seen / seconds, 1),
         }
         if val_pixels is not None:
             record.update(validation_metrics(model, val_pixels, val_fine, val_coarse, iconic_pixels, iconic_labels))
@@ -344,22 +292,42 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         # Nothing held out: a final fit ends at its last epoch; data without a val split keeps the lowest loss.
         score = epoch if config.fit_through == "val" else record.get("val_fine_top1", -record["loss"])
         improved = score > best
-        if improved:
-            best = score
-            save_atomically({"model": model.state_dict(), **meta, "epoch": epoch, "history": history}, out / "best.pt")
-        save_atomically({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "best": best, "history": history, **meta,
-        }, last)
-        with open(out / "history.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        best = max(best, score)
+        save_epoch(
+            out, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, meta, epoch, best, history, improved
+        )
         if ui:
             ui.epoch_done(record, improved)
     return out / "best.pt"
 
 
-def train_epoch(model: ProductModel, optimizer, scheduler, steps, labels: np.ndarray, coarse: np.ndarray,
-                config: TrainConfig, update=None) -> tuple[int, float]:
+def checkpoint_meta(train_set: PhotoSet, config: TrainConfig) -> dict:
+    """What every checkpoint carries besides the weights: the label spaces and the recipe."""
+    labels = {"fine_labels": train_set.fine_labels, "coarse_labels": train_set.coarse_labels}
+    return {**labels, "fine_to_coarse": train_set.fine_to_coarse, "config": asdict(config)}
+
+
+def save_epoch(out: Path, parts: dict, meta: dict, epoch: int, best: float, history: list, improved: bool) -> None:
+    """The epoch's checkpoints: `best.pt` (the model) when it improved, and `last.pt` (model, optimizer and
+    schedule: what --resume continues from) always; and its record in history.jsonl."""
+    states = {name: part.state_dict() for name, part in parts.items()}
+    if improved:
+        save_atomically({"model": states["model"], **meta, "epoch": epoch, "history": history}, out / "best.pt")
+    save_atomically({**states, "epoch": epoch, "best": best, "history": history, **meta}, out / "last.pt")
+    with open(out / "history.jsonl", "a") as f:
+        f.write(json.dumps(history[-1]) + "\n")
+
+
+def train_epoch(
+    model: ProductModel,
+    optimizer,
+    scheduler,
+    steps,
+    labels: np.ndarray,
+    coarse: np.ndarray,
+    config: TrainConfig,
+    update=None,
+) -> tuple[int, float]:
     """One pass over `steps` ((images, their rows) batches): cross-entropy on both heads plus SupCon on the
     embedding. Returns the photos seen and the summed loss; `update(step, running loss, images/s)`."""
     started, seen, running, total_loss = time.perf_counter(), 0, None, 0.0
@@ -383,17 +351,17 @@ def train_epoch(model: ProductModel, optimizer, scheduler, steps, labels: np.nda
     return seen, total_loss
 
 
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)  # the main process's two threads do the training
-
-
 def load_checkpoint(path: str | Path) -> tuple[ProductModel, dict]:
     """The model of a `best.pt`/`last.pt` and its metadata (labels, config, history)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     config = TrainConfig(**state["config"])
     model = ProductModel(
-        config.backbone, len(state["fine_labels"]), len(state["coarse_labels"]),
-        embedding_dim=config.embedding_dim, pretrained=False, head_scale=config.head_scale,
+        config.backbone,
+        len(state["fine_labels"]),
+        len(state["coarse_labels"]),
+        embedding_dim=config.embedding_dim,
+        pretrained=False,
+        head_scale=config.head_scale,
     )
     model.load_state_dict(state["model"])
     return model.eval(), state

@@ -31,8 +31,12 @@ PROJECT_ROOT = REPOSITORY.parent
 # The python backend stub is compiled against numpy 1 (the wheel pins numpy<2) and embeds the system
 # libpython, so its models import from their own package folder, installed by `make triton`.
 STUB_PACKAGES = Path(sys.prefix) / "triton-stub"
-CPU_MODELS = {"product_embedder": "product_embedder_py", "preprocess": "preprocess", "recognizer": "recognizer",
-              "user_recommender": "user_recommender_py"}
+CPU_MODELS = {
+    "product_embedder": "product_embedder_py",
+    "preprocess": "preprocess",
+    "recognizer": "recognizer",
+    "user_recommender": "user_recommender_py",
+}
 
 
 class TritonNotInstalled(RuntimeError):
@@ -68,7 +72,9 @@ def find_install() -> TritonInstall:
         if not path.exists():
             raise TritonNotInstalled(f"incomplete nvidia-pytriton install (Python {version}): {path} is missing")
     if not (STUB_PACKAGES / "numpy").exists():
-        raise TritonNotInstalled(f"the python backend's packages are missing: {STUB_PACKAGES} (make triton installs them)")
+        raise TritonNotInstalled(
+            f"the python backend's packages are missing: {STUB_PACKAGES} (make triton installs them)"
+        )
     return install
 
 
@@ -90,7 +96,9 @@ def _write_config(source: Path, dest: Path, name: str, parameters: dict[str, str
     lines = [f'name: "{name}"' if line.startswith("name:") else line for line in lines]
     for key, value in (parameters or {}).items():
         prefix = f'parameters {{ key: "{key}"'
-        lines = [f'{prefix} value: {{ string_value: "{value}" }} }}' if line.startswith(prefix) else line for line in lines]
+        lines = [
+            f'{prefix} value: {{ string_value: "{value}" }} }}' if line.startswith(prefix) else line for line in lines
+        ]
     dest.write_text("\n".join(lines) + "\n")
 
 
@@ -187,9 +195,15 @@ class TritonServer:
             str(self._install.binary),
             f"--model-repository={self.workdir / 'models'}",
             f"--backend-directory={self.workdir / 'backends'}",
-            f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", f"--metrics-port={self.metrics_port}",
-            f"--grpc-address={self.host}", f"--http-address={self.host}", f"--metrics-address={self.host}",
-            "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-port={self.http_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--grpc-address={self.host}",
+            f"--http-address={self.host}",
+            f"--metrics-address={self.host}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--log-verbose=0",
         ]
         for port in (self.grpc_port, self.http_port, self.metrics_port):
             if not port_free(self.host, port):  # else the readiness probe could find another server
@@ -212,7 +226,9 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_file or 'its log'}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}; see {self.log_file or 'its log'}"
+                )
             if self.ready():
                 return
             time.sleep(0.2)

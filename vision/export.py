@@ -58,7 +58,9 @@ def embed_paths(model: ProductModel, paths: Sequence[Path], spec: InputSpec, bat
     return torch.cat(out)
 
 
-def build_prototype_model(backbone: str, photos: list[CatalogPhoto], scale: float) -> tuple[ProductModel, list[str], list[str], list[int]]:
+def build_prototype_model(
+    backbone: str, photos: list[CatalogPhoto], scale: float
+) -> tuple[ProductModel, list[str], list[str], list[int]]:
     """The pretrained backbone with heads whose class weights are mean catalogue embeddings."""
     fine_labels = list(dict.fromkeys(p.fine for p in photos))
     coarse_labels = list(dict.fromkeys(p.coarse for p in photos))

@@ -61,9 +61,12 @@ class ModelManifest(BaseModel):
     data_checksum: str = Field("", description="sha256 over the training photos and labels (empty: untrained heads)")
     training: list[dict] = Field([], description="per-epoch training record of a fine-tuned model")
     gallery: GalleryConfig | None = Field(None, description="the voting reference photos in the graph, if any")
-    trained_on: str = Field("", description="the data and split(s) the model was fine-tuned on, e.g. "
-                                            "grocery_store:train+val (empty: not recorded, or not fine-tuned); "
-                                            "evaluating it on those splits of that data is refused")
+    trained_on: str = Field(
+        "",
+        description="the data and split(s) the model was fine-tuned on, e.g. "
+        "grocery_store:train+val (empty: not recorded, or not fine-tuned); "
+        "evaluating it on those splits of that data is refused",
+    )
 
     @property
     def served_id(self) -> str:

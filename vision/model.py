@@ -89,14 +89,20 @@ class ProductModel(nn.Module):
         the API contract does not change.
         """
         if not 0.0 < weight <= 1.0 or k < 1 or temperature <= 0:
-            raise ValueError(f"gallery needs 0 < weight <= 1, k >= 1, temperature > 0 (got {weight}, {k}, {temperature})")
+            raise ValueError(
+                f"gallery needs 0 < weight <= 1, k >= 1, temperature > 0 (got {weight}, {k}, {temperature})"
+            )
         if len(embeddings) != len(fine) or embeddings.shape[1:] != (self.embedding_dim,):
             raise ValueError(f"gallery: {len(fine)} labels for embeddings of shape {tuple(embeddings.shape)}")
         votes = torch.zeros(len(fine), self.fine_head.weight.shape[0])
         votes[torch.arange(len(fine)), torch.tensor(fine)] = 1.0
         self.gallery = F.normalize(embeddings.float(), dim=-1)
         self.gallery_votes = votes
-        self.gallery_k, self.gallery_temperature, self.gallery_weight = min(k, len(fine)), float(temperature), float(weight)
+        self.gallery_k, self.gallery_temperature, self.gallery_weight = (
+            min(k, len(fine)),
+            float(temperature),
+            float(weight),
+        )
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> float NCHW, normalised the way the backbone was trained."""

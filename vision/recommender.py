@@ -100,8 +100,14 @@ def read_events_csv(path: str | Path) -> list[Event]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
     events = [
-        Event(r["user_id"], r["product_id"], r["type"], r["channel"], parse_timestamp(r["timestamp"]),
-              r.get("event_id") or None)
+        Event(
+            r["user_id"],
+            r["product_id"],
+            r["type"],
+            r["channel"],
+            parse_timestamp(r["timestamp"]),
+            r.get("event_id") or None,
+        )
         for r in rows
     ]
     events.sort(key=lambda e: (e.user_id, e.ts))

@@ -40,8 +40,16 @@ def export_catalog_csv(service: CatalogService, out_dir: Path) -> int:
                     rel = f"images/{im.sha256}.{im.content_type.rsplit('/', 1)[-1]}"
                     (out_dir / rel).write_bytes(service.photo_bytes(product.product_id, im.image_id)[1])
                     rels.append(rel)
-                writer.writerow([product.product_id, product.name, product.fine_category, product.coarse_category,
-                                 product.description, ";".join(rels)])
+                writer.writerow(
+                    [
+                        product.product_id,
+                        product.name,
+                        product.fine_category,
+                        product.coarse_category,
+                        product.description,
+                        ";".join(rels),
+                    ]
+                )
                 count += 1
             after = page[-1][0].product_id
     return count

@@ -170,8 +170,11 @@ class FaissIndex:
             k = max(1, min(k, total))
             params = None
             if selector is not None:
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) if self.is_hnsw \
+                params = (
+                    faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k))
+                    if self.is_hnsw
                     else faiss.SearchParameters(sel=selector)
+                )
             elif self.is_hnsw:
                 params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
             scores, ids = self._index.search(query, k, params=params)
@@ -207,7 +210,6 @@ class FaissIndex:
         out._use(index)
         out._tombstones = set(meta.get("tombstones", []))
         return out
-
 
 
 def open_faiss_index(snapshot: Path, model_id: str, dim: int, hnsw_threshold: int) -> tuple[FaissIndex, bool]:

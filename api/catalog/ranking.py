@@ -57,8 +57,15 @@ class Ranking:
         self.head_weight = head_weight
         self._fine_position = {label: i for i, label in enumerate(self.fine_labels)}
 
-    def rank(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int, category: str | None = None,
-             personal: dict[str, float] | None = None, personal_weight: float = 0.0) -> list[Match]:
+    def rank(
+        self,
+        embedding: np.ndarray,
+        fine_probs: np.ndarray,
+        k: int,
+        category: str | None = None,
+        personal: dict[str, float] | None = None,
+        personal_weight: float = 0.0,
+    ) -> list[Match]:
         """The k best products for a photo's embedding and fine probabilities, by the rule above."""
         pool = max(4 * k, 32)
         candidates = {m.product.product_id: m for m in self.nearest_products(embedding, pool, category)}
@@ -97,8 +104,9 @@ class Ranking:
             candidates[pid].personal_score = p
             candidates[pid].score += weight * p
 
-    def _add_category_scores(self, candidates: dict[str, Match], embedding: np.ndarray, fine_probs: np.ndarray,
-                             k: int, category: str | None) -> None:
+    def _add_category_scores(
+        self, candidates: dict[str, Match], embedding: np.ndarray, fine_probs: np.ndarray, k: int, category: str | None
+    ) -> None:
         labels = self.fine_labels
         top = np.argsort(-fine_probs)[:CATEGORY_CANDIDATES]
         confident = [i for i in top if fine_probs[i] >= CATEGORY_MIN_PROBABILITY]
@@ -115,8 +123,9 @@ class Ranking:
                 m.category_probability = float(fine_probs[index])
                 m.score = m.visual_score + self.head_weight * m.category_probability
 
-    def nearest_products(self, embedding: np.ndarray, k: int, category: str | None = None,
-                         within: str | None = None) -> list[Match]:
+    def nearest_products(
+        self, embedding: np.ndarray, k: int, category: str | None = None, within: str | None = None
+    ) -> list[Match]:
         """The k products with the most similar photos (a product scores as its best-matching photo),
         optionally only in `category` and in `within` (both fine or coarse category names)."""
         allowed = self.store.image_ids(category) if category is not None else None

@@ -133,8 +133,12 @@ class CatalogService:
             embeddings = self.embedder.embed(np.stack([pixels for _, _, pixels in chunk])).embedding
             for (photo, header, _), emb in zip(chunk, embeddings):
                 new = NewImage(
-                    sha256=hashlib.sha256(photo.data).hexdigest(), content_type=header.content_type,
-                    width=header.width, height=header.height, bytes=len(photo.data), embedding=emb,
+                    sha256=hashlib.sha256(photo.data).hexdigest(),
+                    content_type=header.content_type,
+                    width=header.width,
+                    height=header.height,
+                    bytes=len(photo.data),
+                    embedding=emb,
                 )
                 prepared.append((new, photo.data))
         return prepared
@@ -210,7 +214,9 @@ class CatalogService:
         product = self.store.get_product(product_id)
         return product, self.product_images(product_id)
 
-    def list_products(self, category: str | None, after: str | None, limit: int) -> list[tuple[Product, list[ImageRecord]]]:
+    def list_products(
+        self, category: str | None, after: str | None, limit: int
+    ) -> list[tuple[Product, list[ImageRecord]]]:
         page = self.store.list_products(category, after, limit)
         images = self.store.images_of([p.product_id for p in page])
         return [(p, images[p.product_id]) for p in page]
@@ -237,8 +243,15 @@ class CatalogService:
         """Photos in the vector index (0 before it is loaded)."""
         return len(self.index) if self.index is not None else 0
 
-    def search(self, data: bytes, k: int = 10, category: str | None = None, top_categories: int = 5,
-               personal: dict[str, float] | None = None, personal_weight: float = 0.0) -> SearchResult:
+    def search(
+        self,
+        data: bytes,
+        k: int = 10,
+        category: str | None = None,
+        top_categories: int = 5,
+        personal: dict[str, float] | None = None,
+        personal_weight: float = 0.0,
+    ) -> SearchResult:
         """Photo bytes -> the ranked products and the categories; `personal`: the shopper model's scores
         (ShopperService.personal_scores) for personal re-ranking."""
         t0 = time.perf_counter()

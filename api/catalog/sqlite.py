@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,23 +62,19 @@ class SqliteCatalogStore:
             self._conn.close()
 
     # -- transactions -------------------------------------------------------------------------
+    @contextmanager
     def _tx(self):
-        store = self
-
-        class _Tx:
-            def __enter__(self):
-                store._lock.acquire()
-                store._conn.execute("BEGIN IMMEDIATE")
-                return store._conn
-
-            def __exit__(self, exc_type, exc, tb):
-                try:
-                    store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                finally:
-                    store._clear_caches()
-                    store._lock.release()
-
-        return _Tx()
+        """One write transaction (BEGIN IMMEDIATE: it waits for the write lock); clears the read caches."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._clear_caches()
 
     def _clear_caches(self) -> None:
         self._category_images.clear()
@@ -143,7 +140,9 @@ class SqliteCatalogStore:
         """
         now = time.time()
         with self._tx() as conn:
-            existing = conn.execute("SELECT created_at FROM products WHERE product_id = ?", (product.product_id,)).fetchone()
+            existing = conn.execute(
+                "SELECT created_at FROM products WHERE product_id = ?", (product.product_id,)
+            ).fetchone()
             if existing and create_only:
                 raise AlreadyExists(product.product_id)
             created = existing[0] if existing else now
@@ -151,8 +150,16 @@ class SqliteCatalogStore:
                 "INSERT INTO products VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(product_id) DO UPDATE SET "
                 "name=excluded.name, fine_category=excluded.fine_category, coarse_category=excluded.coarse_category,"
                 " description=excluded.description, attributes=excluded.attributes, updated_at=excluded.updated_at",
-                (product.product_id, product.name, product.fine_category, product.coarse_category,
-                 product.description, json.dumps(product.attributes), created, now),
+                (
+                    product.product_id,
+                    product.name,
+                    product.fine_category,
+                    product.coarse_category,
+                    product.description,
+                    json.dumps(product.attributes),
+                    created,
+                    now,
+                ),
             )
             ids = self._insert_images(conn, product.product_id, images, model_id, now)
         return self.get_product(product.product_id), ids
@@ -190,8 +197,17 @@ class SqliteCatalogStore:
             cur = conn.execute(
                 "INSERT INTO images (product_id, sha256, content_type, width, height, bytes, embedding, model_id,"
                 " created_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(product_id, sha256) DO NOTHING",
-                (product_id, im.sha256, im.content_type, im.width, im.height, im.bytes,
-                 np.ascontiguousarray(im.embedding, dtype=np.float32).tobytes(), model_id, now),
+                (
+                    product_id,
+                    im.sha256,
+                    im.content_type,
+                    im.width,
+                    im.height,
+                    im.bytes,
+                    np.ascontiguousarray(im.embedding, dtype=np.float32).tobytes(),
+                    model_id,
+                    now,
+                ),
             )
             if cur.rowcount:
                 added.append((cur.lastrowid, position))
@@ -279,9 +295,11 @@ class SqliteCatalogStore:
             if len(missing):
                 table[missing] = GONE
                 for start in range(0, len(missing), SQL_VARIABLES):
-                    chunk = missing[start:start + SQL_VARIABLES].tolist()
+                    chunk = missing[start : start + SQL_VARIABLES].tolist()
                     marks = ",".join("?" * len(chunk))
-                    for image_id, product_id in self._query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", chunk):
+                    for image_id, product_id in self._query(
+                        f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", chunk
+                    ):
                         code = self._product_codes.get(product_id)
                         if code is None:
                             code = self._product_codes[product_id] = len(names)
@@ -313,22 +331,27 @@ class SqliteCatalogStore:
         with self._tx() as conn:
             conn.executemany(
                 "UPDATE images SET embedding = ?, model_id = ? WHERE image_id = ?",
-                [(np.ascontiguousarray(e, dtype=np.float32).tobytes(), model_id, int(i))
-                 for i, e in zip(image_ids, embeddings)],
+                [
+                    (np.ascontiguousarray(e, dtype=np.float32).tobytes(), model_id, int(i))
+                    for i, e in zip(image_ids, embeddings)
+                ],
             )
 
     # -- categories ---------------------------------------------------------------------------
     def categories(self) -> list[tuple[str, str, int]]:
         """(fine, coarse, product count) for every fine category in the catalogue."""
-        return [tuple(r) for r in self._query(
-            "SELECT fine_category, coarse_category, COUNT(*) FROM products "
-            "GROUP BY fine_category, coarse_category ORDER BY coarse_category, fine_category"
-        )]
+        return [
+            tuple(r)
+            for r in self._query(
+                "SELECT fine_category, coarse_category, COUNT(*) FROM products "
+                "GROUP BY fine_category, coarse_category ORDER BY coarse_category, fine_category"
+            )
+        ]
 
     def has_category(self, name: str) -> bool:
-        return bool(self._query(
-            "SELECT 1 FROM products WHERE fine_category = ? OR coarse_category = ? LIMIT 1", (name, name)
-        ))
+        return bool(
+            self._query("SELECT 1 FROM products WHERE fine_category = ? OR coarse_category = ? LIMIT 1", (name, name))
+        )
 
     # -- shopper events -----------------------------------------------------------------------
     def missing_products(self, product_ids: Sequence[str]) -> set[str]:
@@ -351,7 +374,8 @@ class SqliteCatalogStore:
         """The user's events across channels, oldest first (the newest `limit` when given)."""
         rows = self._query(
             "SELECT user_id, product_id, type, channel, ts, event_id FROM events WHERE user_id = ? "
-            "ORDER BY ts DESC, seq DESC LIMIT ?", (user_id, -1 if limit is None else limit),
+            "ORDER BY ts DESC, seq DESC LIMIT ?",
+            (user_id, -1 if limit is None else limit),
         )
         return [Event(*r) for r in reversed(rows)]
 
@@ -363,9 +387,14 @@ class SqliteCatalogStore:
         return [Event(*r) for r in rows]
 
     def popular_products(self, limit: int) -> list[tuple[str, int]]:
-        return [tuple(r) for r in self._query(
-            "SELECT e.product_id, COUNT(*) AS n FROM events e JOIN products p USING (product_id) "
-            "GROUP BY e.product_id ORDER BY n DESC, e.product_id LIMIT ?", (limit,))]
+        return [
+            tuple(r)
+            for r in self._query(
+                "SELECT e.product_id, COUNT(*) AS n FROM events e JOIN products p USING (product_id) "
+                "GROUP BY e.product_id ORDER BY n DESC, e.product_id LIMIT ?",
+                (limit,),
+            )
+        ]
 
     def all_products(self) -> list[Product]:
         return [self._product(r) for r in self._query("SELECT * FROM products ORDER BY product_id")]

@@ -16,7 +16,9 @@ app = typer.Typer(help="Import and export the catalogue in the data dir.", no_ar
 
 @app.command("import")
 def catalog_import(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="catalogue CSV; photo paths relative to it")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="catalogue CSV; photo paths relative to it")
+    ],
 ) -> None:
     """Add or update the products of a CSV (product_id, name, fine_category, coarse_category, description, images)."""
     from api.catalog.csv_io import import_catalog_csv
@@ -26,14 +28,18 @@ def catalog_import(
         progress, update = progress_bar("importing")
         with progress:
             count = import_catalog_csv(service, file, progress=update)
-        typer.echo(f"imported {count} products; catalogue has {service.count_products()} products, "
-                   f"{service.vectors} photos indexed")
+        typer.echo(
+            f"imported {count} products; catalogue has {service.count_products()} products, "
+            f"{service.vectors} photos indexed"
+        )
     finally:
         service.close()
 
 
 @app.command("export")
-def catalog_export(out: Annotated[Path, typer.Argument(file_okay=False, help="folder for catalog.csv and photos")]) -> None:
+def catalog_export(
+    out: Annotated[Path, typer.Argument(file_okay=False, help="folder for catalog.csv and photos")],
+) -> None:
     """Write the catalogue as catalog.csv plus its photos (the import format)."""
     from api.catalog.csv_io import export_catalog_csv
 

@@ -18,10 +18,16 @@ app = typer.Typer(help="Evaluate models (needs the train extras: make test insta
 def eval_vision(
     data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
     split: Annotated[str, typer.Option(help="train, val or test")] = "val",
-    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="exported model folder (manifest.json + ONNX)")] = REPO_ROOT / "triton_models" / "product_embedder",
+    model: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="exported model folder (manifest.json + ONNX)")
+    ] = REPO_ROOT / "triton_models" / "product_embedder",
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON on stdout")] = False,
-    out: Annotated[Path, typer.Option(help="folder for results JSON, per-class CSV and confusion matrix PNG")] = REPO_ROOT / "training" / "reports",
-    report: Annotated[Optional[Path], typer.Option(help="report to (re)write from every result in OUT; default OUT/<dataset>.md")] = None,
+    out: Annotated[
+        Path, typer.Option(help="folder for results JSON, per-class CSV and confusion matrix PNG")
+    ] = REPO_ROOT / "training" / "reports",
+    report: Annotated[
+        Optional[Path], typer.Option(help="report to (re)write from every result in OUT; default OUT/<dataset>.md")
+    ] = None,
     name: Annotated[Optional[str], typer.Option(help="label of this model in the report; default its model_id")] = None,
 ) -> None:
     """Evaluate an exported model on a split through the service's own preprocess and runtime."""
@@ -44,8 +50,14 @@ def eval_vision(
 @app.command("recommender")
 def eval_recommender(
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="the sequence file the model was trained on")],
-    model: Annotated[list[Path], typer.Option(exists=True, dir_okay=False,
-                                              help="a best.pt checkpoint; repeat it to score an ensemble (mean log-probability)")],
+    model: Annotated[
+        list[Path],
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="a best.pt checkpoint; repeat it to score an ensemble (mean log-probability)",
+        ),
+    ],
     split: Annotated[str, typer.Option(help="val or test")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
     out: Annotated[Optional[Path], typer.Option(help="also write the result JSON here")] = None,

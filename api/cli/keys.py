@@ -31,7 +31,10 @@ def keys_create(
         raise typer.Exit(2)
     finally:
         store.close()
-    typer.echo(f"created key {key.key_id} ({name}) with scopes {' '.join(key.scopes)}; keep the secret, it is not shown again:", err=True)
+    typer.echo(
+        f"created key {key.key_id} ({name}) with scopes {' '.join(key.scopes)}; keep the secret, it is not shown again:",
+        err=True,
+    )
     typer.echo(token)
 
 

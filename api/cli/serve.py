@@ -25,5 +25,11 @@ def serve(
     settings = Settings(**overrides)
     configure_logging()
     # seesku's own access log (JSON, request ids, no query strings or secrets) replaces uvicorn's.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", log_config=None,
-                access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        log_config=None,
+        access_log=False,
+    )

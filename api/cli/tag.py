@@ -12,16 +12,30 @@ from api.settings import Settings
 
 
 def tag(
-    source: Annotated[Path, typer.Argument(exists=True, help="a folder (recursive), a .zip, or a .csv with a 'path' column")],
+    source: Annotated[
+        Path, typer.Argument(exists=True, help="a folder (recursive), a .zip, or a .csv with a 'path' column")
+    ],
     out: Annotated[Path, typer.Option(help="results, .csv or .jsonl; rerunning with the same OUT resumes")],
     k: Annotated[int, typer.Option(min=0, max=20, help="closest catalogue products per photo")] = 3,
     batch: Annotated[int, typer.Option(min=1, max=256)] = 32,
-    workers: Annotated[int, typer.Option(min=0, help="processes that decode and embed; 0: one per core (ONNX Runtime)")] = 0,
-    duplicate_threshold: Annotated[float, typer.Option(min=0, max=1, help="embedding cosine for near-duplicates")] = 0.90,
+    workers: Annotated[
+        int, typer.Option(min=0, help="processes that decode and embed; 0: one per core (ONNX Runtime)")
+    ] = 0,
+    duplicate_threshold: Annotated[
+        float, typer.Option(min=0, max=1, help="embedding cosine for near-duplicates")
+    ] = 0.90,
     layout_threshold: Annotated[float, typer.Option(min=-1, max=1, help="and layout (16x16 grey) correlation")] = 0.92,
-    blur_threshold: Annotated[float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")] = 60.0,
-    stall_timeout: Annotated[float, typer.Option(min=1, help="seconds after which a batch the workers still hold has "
-                                                 "hung: its photo is found and reported unreadable")] = 300.0,
+    blur_threshold: Annotated[
+        float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")
+    ] = 60.0,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="seconds after which a batch the workers still hold has "
+            "hung: its photo is found and reported unreadable",
+        ),
+    ] = 300.0,
 ) -> None:
     """Tag every photo: categories, closest catalogue products, near-duplicate groups, quality flags."""
     from api.tagging.output import output_format
@@ -38,8 +52,15 @@ def tag(
     service = open_service(settings) if k else None
     matcher = service.ranking.catalogue_matches if service is not None and service.count_products() else None
     embedder = service.embedder if service else settings.create_embedder()
-    options = TagOptions(k=k, batch=batch, workers=workers, duplicate_threshold=duplicate_threshold,
-                         layout_threshold=layout_threshold, blur_threshold=blur_threshold, stall_timeout_s=stall_timeout)
+    options = TagOptions(
+        k=k,
+        batch=batch,
+        workers=workers,
+        duplicate_threshold=duplicate_threshold,
+        layout_threshold=layout_threshold,
+        blur_threshold=blur_threshold,
+        stall_timeout_s=stall_timeout,
+    )
     tagger = Tagger(embedder, matcher, options, settings.limits())
     progress, update = progress_bar("tagging")
     try:
@@ -53,4 +74,6 @@ def tag(
             service.close()
     typer.echo(
         f"tagged {summary.tagged_now} photos now ({summary.done}/{summary.total} done, {summary.unreadable} unreadable) "
-        f"at {summary.rate:.1f} photos/s; {summary.duplicate_groups} near-duplicate groups; results in {out}", err=True)
+        f"at {summary.rate:.1f} photos/s; {summary.duplicate_groups} near-duplicate groups; results in {out}",
+        err=True,
+    )

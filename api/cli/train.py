@@ -20,29 +20,49 @@ app = typer.Typer(help="Train models (needs the train extras: make test installs
 
 @app.command("vision")
 def train_vision(
-    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a folder per product, or a CSV of path,product_id,fine,coarse")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True, help="Grocery Store root, a folder per product, or a CSV of path,product_id,fine,coarse"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="run folder: checkpoints, history, exported model")],
     backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2")] = "tf_efficientnet_lite0",
     epochs: Annotated[int, typer.Option(min=1)] = 15,
     sizes: Annotated[str, typer.Option(help="training resolutions, one per equal share of the epochs")] = "160,192,224",
     freeze_blocks: Annotated[int, typer.Option(min=0, help="backbone blocks kept frozen after the stem")] = 2,
-    lr: Annotated[float, typer.Option(help="peak learning rate of the heads; the backbone gets lr x backbone-lr-mult")] = 2e-3,
+    lr: Annotated[
+        float, typer.Option(help="peak learning rate of the heads; the backbone gets lr x backbone-lr-mult")
+    ] = 2e-3,
     backbone_lr_mult: Annotated[float, typer.Option()] = 0.2,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps_per_epoch: Annotated[int, typer.Option(help="0: full epochs")] = 0,
     threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
     export: Annotated[bool, typer.Option(help="export the best checkpoint to OUT/product_embedder when done")] = True,
-    fit_through: Annotated[Literal["train", "val"], typer.Option(help="train: keep the epoch with the best val fine top-1; val: the final fit, on train + val for exactly --epochs (choose the recipe with train first)")] = "train",
+    fit_through: Annotated[
+        Literal["train", "val"],
+        typer.Option(
+            help="train: keep the epoch with the best val fine top-1; val: the final fit, on train + val for exactly --epochs (choose the recipe with train first)"
+        ),
+    ] = "train",
 ) -> None:
     """Fine-tune the product model; a checkpoint every epoch, the best one (validation fine top-1) exported."""
     from training.progress import TrainProgress
     from training.vision import TrainConfig, train
 
     config = TrainConfig(
-        data=str(data), out=str(out), backbone=backbone, epochs=epochs,
-        sizes=[int(s) for s in sizes.split(",")], freeze_blocks=freeze_blocks, lr=lr,
-        backbone_lr_mult=backbone_lr_mult, seed=seed, max_steps_per_epoch=max_steps_per_epoch, threads=threads,
+        data=str(data),
+        out=str(out),
+        backbone=backbone,
+        epochs=epochs,
+        sizes=[int(s) for s in sizes.split(",")],
+        freeze_blocks=freeze_blocks,
+        lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
+        seed=seed,
+        max_steps_per_epoch=max_steps_per_epoch,
+        threads=threads,
         fit_through=fit_through,
     )
     with TrainProgress() as ui:
@@ -65,8 +85,15 @@ def export_checkpoint(checkpoint: Path, out: Path, queries: Path | None, **optio
 @app.command("recommender")
 def train_recommender(
     out: Annotated[Path, typer.Option(help="run folder: checkpoints and history")],
-    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="sequence file (one user a line, items in time order) or events CSV")] = None,
-    from_events: Annotated[bool, typer.Option("--from-events", help="train on the events stored in the data dir")] = False,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            exists=True, dir_okay=False, help="sequence file (one user a line, items in time order) or events CSV"
+        ),
+    ] = None,
+    from_events: Annotated[
+        bool, typer.Option("--from-events", help="train on the events stored in the data dir")
+    ] = False,
     epochs: Annotated[int, typer.Option(min=1)] = 200,
     dim: Annotated[int, typer.Option(min=8)] = 64,
     max_len: Annotated[int, typer.Option(min=2)] = 50,
@@ -76,24 +103,55 @@ def train_recommender(
     seed: Annotated[int, typer.Option()] = 0,
     cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
     cl_temperature: Annotated[float, typer.Option(min=0.01)] = 1.0,
-    fit_through: Annotated[Literal["train", "val"], typer.Option(help="train: hold out the validation item and stop on it; val: refit through it for exactly --epochs")] = "train",
+    fit_through: Annotated[
+        Literal["train", "val"],
+        typer.Option(
+            help="train: hold out the validation item and stop on it; val: refit through it for exactly --epochs"
+        ),
+    ] = "train",
     threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
-    export_to: Annotated[Optional[Path], typer.Option(help="export the best model (ONNX + manifest) to this folder, e.g. triton_models/user_recommender")] = None,
+    export_to: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="export the best model (ONNX + manifest) to this folder, e.g. triton_models/user_recommender"
+        ),
+    ] = None,
 ) -> None:
     """Train the self-attention recommender (full softmax cross-entropy, early stopping on validation NDCG@10)."""
     from training.recommender.config import RecommenderConfig
-    from training.recommender.train import train
 
     if (data is None) == (not from_events):
         typer.echo("error: pass exactly one of --data FILE or --from-events", err=True)
         raise typer.Exit(2)
     seqs = events_sequences(Settings()) if from_events else sequence_file(data)
     config = RecommenderConfig(
-        data=str(data or "events"), out=str(out), epochs=epochs, dim=dim, max_len=max_len, lr=lr, batch=batch, dropout=dropout,
-        seed=seed, from_events=from_events, cl_weight=cl_weight, cl_temperature=cl_temperature, fit_through=fit_through, threads=threads,
+        data=str(data or "events"),
+        out=str(out),
+        epochs=epochs,
+        dim=dim,
+        max_len=max_len,
+        lr=lr,
+        batch=batch,
+        dropout=dropout,
+        seed=seed,
+        from_events=from_events,
+        cl_weight=cl_weight,
+        cl_temperature=cl_temperature,
+        fit_through=fit_through,
+        threads=threads,
         exclude_history=not (from_events or data.suffix.lower() == ".csv"),  # events: repeat purchases count
     )
+    best = _train_with_progress(config, seqs, resume)
+    typer.echo(f"best checkpoint: {best}", err=True)
+    if export_to is not None:
+        _export_recommender(best, seqs, config, export_to)
+
+
+def _train_with_progress(config, seqs, resume: bool) -> Path:
+    """The recommender's training loop under a progress bar per epoch (loss shown as it goes)."""
+    from training.recommender.train import train
+
     progress, _ = progress_bar("epochs", "loss")
     tasks: dict[int, int] = {}
 
@@ -103,17 +161,20 @@ def train_recommender(
         progress.update(tasks[epoch], completed=step, loss=f"{loss:.3f}")
 
     with progress:
-        best = train(config, seqs, resume=resume, log=progress.console.print, progress=update)
-    typer.echo(f"best checkpoint: {best}", err=True)
-    if export_to is not None:
-        from training.recommender.evaluate import evaluate
-        from training.recommender.export import export_recommender
-        from training.recommender.model import load
+        return train(config, seqs, resume=resume, log=progress.console.print, progress=update)
 
-        model, _ = load(best)
-        metrics = {f"test_{k}": v for k, v in evaluate(model, seqs, "test", exclude_history=config.exclude_history).items() if k != "users"}
-        manifest = export_recommender(best, export_to, metrics, command_line())
-        typer.echo(f"exported {manifest.model_id} to {export_to}: {json.dumps(metrics)}", err=True)
+
+def _export_recommender(best: Path, seqs, config, export_to: Path) -> None:
+    """Export the trained model for serving, with its test figures in the manifest."""
+    from training.recommender.evaluate import evaluate
+    from training.recommender.export import export_recommender
+    from training.recommender.model import load
+
+    model, _ = load(best)
+    test = evaluate(model, seqs, "test", exclude_history=config.exclude_history)
+    metrics = {f"test_{k}": v for k, v in test.items() if k != "users"}
+    manifest = export_recommender(best, export_to, metrics, command_line())
+    typer.echo(f"exported {manifest.model_id} to {export_to}: {json.dumps(metrics)}", err=True)
 
 
 def sequence_file(path: Path):
@@ -135,37 +196,91 @@ def events_sequences(settings: Settings):
 
 
 def export_onnx(
-    checkpoint: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="a fine-tuned best.pt; without it, the untrained prototype model")] = None,
-    catalog: Annotated[Path, typer.Option(exists=True, help="catalogue CSV whose photos build the prototype heads")] = REPO_ROOT / "samples" / "catalog.csv",
-    out: Annotated[Path, typer.Option(help="model folder in the Triton repository")] = REPO_ROOT / "triton_models" / "product_embedder",
-    backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2 (prototype model)")] = "tf_efficientnet_lite0",
-    queries: Annotated[Optional[Path], typer.Option(help="labelled query CSV to measure the heads on")] = REPO_ROOT / "samples" / "queries.csv",
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(
+            exists=True, dir_okay=False, help="a fine-tuned best.pt; without it, the untrained prototype model"
+        ),
+    ] = None,
+    catalog: Annotated[
+        Path, typer.Option(exists=True, help="catalogue CSV whose photos build the prototype heads")
+    ] = REPO_ROOT / "samples" / "catalog.csv",
+    out: Annotated[Path, typer.Option(help="model folder in the Triton repository")] = REPO_ROOT
+    / "triton_models"
+    / "product_embedder",
+    backbone: Annotated[
+        str, typer.Option(help="tf_efficientnet_lite0/1/2 (prototype model)")
+    ] = "tf_efficientnet_lite0",
+    queries: Annotated[Optional[Path], typer.Option(help="labelled query CSV to measure the heads on")] = REPO_ROOT
+    / "samples"
+    / "queries.csv",
     scale: Annotated[float, typer.Option(help="cosine head scale (prototype model)")] = 20.0,
-    input_size: Annotated[Optional[int], typer.Option(min=32, help="serving resolution of a fine-tuned model (default: the backbone's); choose it on --split val")] = None,
-    crop_pct: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="centre-crop fraction at serving (default: the backbone's)")] = None,
-    coarse_from_fine: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of the summed fine probabilities in coarse_probs (fine-tuned model)")] = 0.0,
-    gallery_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="weight of the vote of the nearest training photos in both category outputs (fine-tuned model; 0 = heads alone)")] = 0.0,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option(
+            min=32, help="serving resolution of a fine-tuned model (default: the backbone's); choose it on --split val"
+        ),
+    ] = None,
+    crop_pct: Annotated[
+        Optional[float],
+        typer.Option(min=0.5, max=1.0, help="centre-crop fraction at serving (default: the backbone's)"),
+    ] = None,
+    coarse_from_fine: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="weight of the summed fine probabilities in coarse_probs (fine-tuned model)"
+        ),
+    ] = 0.0,
+    gallery_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="weight of the vote of the nearest training photos in both category outputs (fine-tuned model; 0 = heads alone)",
+        ),
+    ] = 0.0,
     gallery_k: Annotated[int, typer.Option(min=1, help="training photos that vote")] = 1,
-    gallery_temperature: Annotated[float, typer.Option(min=1e-3, help="softmax temperature of their cosine similarities")] = 0.05,
+    gallery_temperature: Annotated[
+        float, typer.Option(min=1e-3, help="softmax temperature of their cosine similarities")
+    ] = 0.05,
 ) -> None:
     """Export a product model to ONNX with its manifest (needs the train extras)."""
     queries = queries if queries and queries.exists() else None
     if checkpoint is not None:
-        export_checkpoint(checkpoint, out, queries, input_size=input_size, crop_pct=crop_pct,
-                           coarse_from_fine=coarse_from_fine, export_command=command_line(),
-                           gallery_weight=gallery_weight, gallery_k=gallery_k, gallery_temperature=gallery_temperature)
+        export_checkpoint(
+            checkpoint,
+            out,
+            queries,
+            input_size=input_size,
+            crop_pct=crop_pct,
+            coarse_from_fine=coarse_from_fine,
+            export_command=command_line(),
+            gallery_weight=gallery_weight,
+            gallery_k=gallery_k,
+            gallery_temperature=gallery_temperature,
+        )
         return
     if (input_size, crop_pct, coarse_from_fine, gallery_weight) != (None, None, 0.0, 0.0):
-        typer.echo("error: --input-size, --crop-pct, --coarse-from-fine and --gallery-weight apply to a fine-tuned --checkpoint", err=True)
+        typer.echo(
+            "error: --input-size, --crop-pct, --coarse-from-fine and --gallery-weight apply to a fine-tuned "
+            "--checkpoint",
+            err=True,
+        )
         raise typer.Exit(2)
+    manifest = _export_prototype(catalog, out, backbone, scale, queries)
+    json.dump(manifest.metrics, sys.stdout, indent=2)
+    typer.echo()
+
+
+def _export_prototype(catalog: Path, out: Path, backbone: str, scale: float, queries: Path | None):
+    """The untrained prototype model (heads from the catalogue's photos), measured on the sample queries."""
     try:
         from training.export import add_sample_query_metrics
         from vision.export import export_pretrained
     except ImportError as exc:
         typer.echo(f"export needs the training extras (pip install '.[train]'): {exc}", err=True)
         raise typer.Exit(2)
-    manifest = export_pretrained(catalog, out, backbone, scale, command=command_line(), log=lambda m: typer.echo(m, err=True))
-    if queries is not None:
-        manifest = add_sample_query_metrics(out, queries)
-    json.dump(manifest.metrics, sys.stdout, indent=2)
-    typer.echo()
+    manifest = export_pretrained(
+        catalog, out, backbone, scale, command=command_line(), log=lambda m: typer.echo(m, err=True)
+    )
+    return add_sample_query_metrics(out, queries) if queries is not None else manifest

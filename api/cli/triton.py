@@ -13,12 +13,18 @@ app = typer.Typer(help="A local Triton Inference Server on CPU (needs `make trit
 
 @app.command("serve")
 def triton_serve(
-    grpc_port: Annotated[int, typer.Option(help="gRPC port: point the API at it with SEESKU_INFERENCE=triton://HOST:PORT")] = 8001,
+    grpc_port: Annotated[
+        int, typer.Option(help="gRPC port: point the API at it with SEESKU_INFERENCE=triton://HOST:PORT")
+    ] = 8001,
     http_port: Annotated[int, typer.Option(help="HTTP port (health, metadata)")] = 8002,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port")] = 8003,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    model_dir: Annotated[Optional[Path], typer.Option(help="exported embedder (manifest.json + graph); the shipped one by default")] = None,
-    workdir: Annotated[Path, typer.Option(help="where the prepared model repository and backends go")] = Path("data/triton"),
+    model_dir: Annotated[
+        Optional[Path], typer.Option(help="exported embedder (manifest.json + graph); the shipped one by default")
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="where the prepared model repository and backends go")] = Path(
+        "data/triton"
+    ),
 ) -> None:
     """Start the real `tritonserver` (python backend, CPU) with the model repository prepared for it."""
     import signal
@@ -28,8 +34,16 @@ def triton_serve(
     console = Console(stderr=True)
     from api.settings import Settings
 
-    server = TritonServer(workdir.resolve(), grpc_port, http_port, metrics_port, model_dir, limits=Settings().limits(),
-                          host=host, inherit_output=True)
+    server = TritonServer(
+        workdir.resolve(),
+        grpc_port,
+        http_port,
+        metrics_port,
+        model_dir,
+        limits=Settings().limits(),
+        host=host,
+        inherit_output=True,
+    )
     try:
         server.prepare()
         console.print(f"starting tritonserver: models in {workdir / 'models'}", soft_wrap=True)

@@ -72,8 +72,17 @@ class RequestLogMiddleware:
         finally:
             key = scope.get("state", {}).get("api_key")
             access_log.info(
-                "%s %s %s", scope["method"], scope["path"], status,
-                extra={"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-                       "ms": round((time.perf_counter() - start) * 1e3, 2), "key_id": key.key_id if key else None,
-                       "channel": headers.get(b"x-channel", b"api").decode("latin-1")[:16]},
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - start) * 1e3, 2),
+                    "key_id": key.key_id if key else None,
+                    "channel": headers.get(b"x-channel", b"api").decode("latin-1")[:16],
+                },
             )

@@ -18,15 +18,22 @@ class Metrics:
             "seesku_requests", "HTTP requests", ["route", "method", "channel", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "seesku_request_seconds", "HTTP request latency", ["route", "method", "channel"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "seesku_request_seconds",
+            "HTTP request latency",
+            ["route", "method", "channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.embed = Histogram(
-            "seesku_embed_seconds", "model inference time per search photo", buckets=LATENCY_BUCKETS,
+            "seesku_embed_seconds",
+            "model inference time per search photo",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.decode = Histogram(
-            "seesku_decode_seconds", "photo decode + preprocess time per search photo", buckets=LATENCY_BUCKETS,
+            "seesku_decode_seconds",
+            "photo decode + preprocess time per search photo",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.index_size = Gauge("seesku_index_vectors", "vectors in the vector index", registry=self.registry)

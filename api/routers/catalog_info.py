@@ -17,7 +17,9 @@ from api.schemas import CategoryList, CoarseCategory, FineCategory, Health, Mode
 router = APIRouter()
 
 
-@router.get("/v1/categories", response_model=CategoryList, tags=["catalogue"], dependencies=[Depends(authorise("search"))])
+@router.get(
+    "/v1/categories", response_model=CategoryList, tags=["catalogue"], dependencies=[Depends(authorise("search"))]
+)
 def categories(service: Annotated[CatalogService, Depends(get_service)]) -> CategoryList:
     fine = [FineCategory(name=f, coarse=c, products=n) for f, c, n in service.categories()]
     coarse: dict[str, int] = {}
@@ -44,19 +46,26 @@ def readyz(request: Request):
     startup_error = getattr(request.app.state, "startup_error", None)
     if service is None:
         body = Readiness(
-            ready=False, model_loaded=False, index_loaded=False, products=0, vectors=0,
-            model=ModelInfo(id="", version=""), reason=startup_error or "starting",
+            ready=False,
+            model_loaded=False,
+            index_loaded=False,
+            products=0,
+            vectors=0,
+            model=ModelInfo(id="", version=""),
+            reason=startup_error or "starting",
         )
         return JSONResponse(body.model_dump(), status_code=503)
     embedder_problem = service.embedder.health()
     model_loaded, index_loaded = embedder_problem is None, service.ready
-    reason = None if model_loaded and index_loaded else (
-        startup_error or embedder_problem or "vector index not loaded"
-    )
+    reason = None if model_loaded and index_loaded else (startup_error or embedder_problem or "vector index not loaded")
     body = Readiness(
-        ready=reason is None, model_loaded=model_loaded, index_loaded=index_loaded,
-        products=service.count_products(), vectors=service.vectors,
-        model=ModelInfo(id=service.manifest.model_id, version=service.manifest.version), reason=reason,
+        ready=reason is None,
+        model_loaded=model_loaded,
+        index_loaded=index_loaded,
+        products=service.count_products(),
+        vectors=service.vectors,
+        model=ModelInfo(id=service.manifest.model_id, version=service.manifest.version),
+        reason=reason,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 

@@ -98,7 +98,9 @@ def delete_product(product_id: ProductId, service: Service) -> Response:
 
 
 @router.post(
-    "/{product_id}/images", status_code=201, response_model=ImagesAdded,
+    "/{product_id}/images",
+    status_code=201,
+    response_model=ImagesAdded,
     responses={413: {"model": ErrorResponse}, **ERRORS},
 )
 async def add_images(
@@ -114,8 +116,9 @@ async def add_images(
     check_content_length(request, settings.max_upload_bytes, parts=len(images))
     photos = [Photo(await read_capped(f, settings.max_upload_bytes), f.filename or "") for f in images]
     added = await run_in_threadpool(service.add_photos, product_id, photos)
-    return ImagesAdded(product_id=product_id, added=[image_out(i) for i in added],
-                       skipped_duplicates=len(photos) - len(added))
+    return ImagesAdded(
+        product_id=product_id, added=[image_out(i) for i in added], skipped_duplicates=len(photos) - len(added)
+    )
 
 
 @router.get("/{product_id}/images", response_model=list[ImageOut], responses=ERRORS)

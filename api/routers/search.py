@@ -23,11 +23,13 @@ class SearchParams(BaseModel):
     string wins). The route validates them itself (see `search`); this model is also their OpenAPI contract."""
 
     k: int = Field(10, ge=1, le=100, description="products to return")
-    category: str | None = Field(None, min_length=1, max_length=100,
-                                 description="only products of this fine or coarse category")
+    category: str | None = Field(
+        None, min_length=1, max_length=100, description="only products of this fine or coarse category"
+    )
     user_id: str | None = Field(None, min_length=1, max_length=128, description="the shopper, for personal re-ranking")
-    personal_weight: float | None = Field(None, ge=0, le=10, description="weight of the personal score "
-                                          "(default SEESKU_PERSONAL_WEIGHT; 0 = visual order)")
+    personal_weight: float | None = Field(
+        None, ge=0, le=10, description="weight of the personal score (default SEESKU_PERSONAL_WEIGHT; 0 = visual order)"
+    )
 
 
 PARAM_SCHEMAS = SearchParams.model_json_schema()["properties"]
@@ -35,10 +37,17 @@ CHANNELS = [c.value for c in Channel]
 CHANNEL_SCHEMA = {"type": "string", "enum": CHANNELS, "default": Channel.api.value}
 SEARCH_OPENAPI = {
     "parameters": [
-        *({"name": name, "in": "query", "required": False, "description": schema["description"], "schema": schema}
-          for name, schema in PARAM_SCHEMAS.items()),
-        {"name": "x-channel", "in": "header", "required": False, "description": "where the photo came from",
-         "schema": CHANNEL_SCHEMA},
+        *(
+            {"name": name, "in": "query", "required": False, "description": schema["description"], "schema": schema}
+            for name, schema in PARAM_SCHEMAS.items()
+        ),
+        {
+            "name": "x-channel",
+            "in": "header",
+            "required": False,
+            "description": "where the photo came from",
+            "schema": CHANNEL_SCHEMA,
+        },
     ],
     "requestBody": {
         "required": True,
@@ -74,8 +83,13 @@ def search_params(request: Request, fields: dict[str, str]) -> tuple[SearchParam
         errors += [{"loc": [where[e["loc"][0]], *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     channel = request.headers.get("x-channel", Channel.api.value)
     if channel not in CHANNELS:
-        errors.append({"loc": ["header", "x-channel"], "type": "enum",
-                       "msg": f"Input should be one of {', '.join(map(repr, CHANNELS))}"})
+        errors.append(
+            {
+                "loc": ["header", "x-channel"],
+                "type": "enum",
+                "msg": f"Input should be one of {', '.join(map(repr, CHANNELS))}",
+            }
+        )
     if errors:
         raise validation_error(errors)
     return params, Channel(channel)

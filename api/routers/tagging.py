@@ -22,7 +22,9 @@ UPLOAD_BODY = {
         "required": True,
         "content": {
             "application/zip": {"schema": {"type": "string", "format": "binary"}},
-            "text/csv": {"schema": {"type": "string", "description": "a 'path' column, relative to SEESKU_TAGGING_ROOT"}},
+            "text/csv": {
+                "schema": {"type": "string", "description": "a 'path' column, relative to SEESKU_TAGGING_ROOT"}
+            },
         },
     }
 }
@@ -37,9 +39,19 @@ async def get_jobs(request: Request) -> JobRunner:
 
 def to_schema(job: Job) -> TaggingJob:
     return TaggingJob(
-        id=job.id, state=job.state, kind=job.kind, total=job.total, done=job.done, rate=job.rate, eta_s=job.eta_s,
-        created=job.created, started=job.started, finished=job.finished, error=job.error,
-        duplicate_groups=job.duplicate_groups, results_url=f"/v1/tagging/jobs/{job.id}/results",
+        id=job.id,
+        state=job.state,
+        kind=job.kind,
+        total=job.total,
+        done=job.done,
+        rate=job.rate,
+        eta_s=job.eta_s,
+        created=job.created,
+        started=job.started,
+        finished=job.finished,
+        error=job.error,
+        duplicate_groups=job.duplicate_groups,
+        results_url=f"/v1/tagging/jobs/{job.id}/results",
     )
 
 
@@ -51,7 +63,10 @@ def _job_or_404(jobs: JobRunner, job_id: str) -> Job:
 
 
 @router.post(
-    "/jobs", status_code=202, response_model=TaggingJob, openapi_extra=UPLOAD_BODY,
+    "/jobs",
+    status_code=202,
+    response_model=TaggingJob,
+    openapi_extra=UPLOAD_BODY,
     responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}},
     summary="Start tagging a zip of photos, or a CSV of paths under the allowed folder",
 )
@@ -60,7 +75,10 @@ async def create_job(
     response: Response,
     jobs: Annotated[JobRunner, Depends(get_jobs)],
     k: Annotated[int, Query(ge=0, le=20, description="closest catalogue products per photo")] = 3,
-    duplicate_threshold: Annotated[float, Query(ge=0.5, le=1.0, description="embedding cosine for near-duplicates (and layout correlation >= 0.92)")] = 0.90,
+    duplicate_threshold: Annotated[
+        float,
+        Query(ge=0.5, le=1.0, description="embedding cosine for near-duplicates (and layout correlation >= 0.92)"),
+    ] = 0.90,
 ) -> TaggingJob:
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     kinds = {"application/zip": "zip", "application/x-zip-compressed": "zip", "text/csv": "csv"}
@@ -83,7 +101,9 @@ async def create_job(
         if not size:
             raise ApiError(400, "empty_upload", "the request body is empty")
         try:
-            job = await run_in_threadpool(jobs.submit, kinds[content_type], staged, TagOptions(k=k, duplicate_threshold=duplicate_threshold))
+            job = await run_in_threadpool(
+                jobs.submit, kinds[content_type], staged, TagOptions(k=k, duplicate_threshold=duplicate_threshold)
+            )
         except SourceError as exc:
             raise ApiError(400, "bad_tagging_input", str(exc)) from None
     finally:
@@ -94,11 +114,18 @@ async def create_job(
 
 
 @router.get("/jobs", response_model=TaggingJobList, summary="Recent tagging jobs, newest first")
-async def list_jobs(jobs: Annotated[JobRunner, Depends(get_jobs)], limit: Annotated[int, Query(ge=1, le=200)] = 50) -> TaggingJobList:
+async def list_jobs(
+    jobs: Annotated[JobRunner, Depends(get_jobs)], limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> TaggingJobList:
     return TaggingJobList(jobs=[to_schema(j) for j in jobs.list(limit)])
 
 
-@router.get("/jobs/{job_id}", response_model=TaggingJob, responses={404: {"model": ErrorResponse}}, summary="A job's state and progress")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=TaggingJob,
+    responses={404: {"model": ErrorResponse}},
+    summary="A job's state and progress",
+)
 async def get_job(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> TaggingJob:
     return to_schema(_job_or_404(jobs, job_id))
 
@@ -109,18 +136,22 @@ async def get_job(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) ->
     summary="The tagged photos so far, as CSV or JSON lines",
 )
 async def job_results(
-    job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)],
+    job_id: str,
+    jobs: Annotated[JobRunner, Depends(get_jobs)],
     format: Annotated[Literal["csv", "jsonl"], Query(description="csv or jsonl")] = "csv",
 ) -> Response:
     job = _job_or_404(jobs, job_id)
     body = await run_in_threadpool(jobs.results, job, format)
     media = "text/csv" if format == "csv" else "application/x-ndjson"
-    return Response(body, media_type=media, headers={
-        "Content-Disposition": f'attachment; filename="tagging-{job.id}.{format}"'})
+    return Response(
+        body, media_type=media, headers={"Content-Disposition": f'attachment; filename="tagging-{job.id}.{format}"'}
+    )
 
 
 @router.get(
-    "/jobs/{job_id}/duplicates", response_model=DuplicateGroups, responses={404: {"model": ErrorResponse}},
+    "/jobs/{job_id}/duplicates",
+    response_model=DuplicateGroups,
+    responses={404: {"model": ErrorResponse}},
     summary="Near-duplicate groups of a finished job",
 )
 async def job_duplicates(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> DuplicateGroups:
@@ -129,14 +160,19 @@ async def job_duplicates(job_id: str, jobs: Annotated[JobRunner, Depends(get_job
     for row in await run_in_threadpool(jobs.rows, job):
         if row.get("duplicate_group"):
             groups.setdefault(row["duplicate_group"], []).append(row["path"])
-    return DuplicateGroups(groups=[
-        DuplicateGroup(id=gid, photos=paths, thumbnail_urls=[f"/v1/tagging/jobs/{job.id}/photos/{p}" for p in paths])
-        for gid, paths in sorted(groups.items())
-    ])
+    return DuplicateGroups(
+        groups=[
+            DuplicateGroup(
+                id=gid, photos=paths, thumbnail_urls=[f"/v1/tagging/jobs/{job.id}/photos/{p}" for p in paths]
+            )
+            for gid, paths in sorted(groups.items())
+        ]
+    )
 
 
 @router.get(
-    "/jobs/{job_id}/photos/{key:path}", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+    "/jobs/{job_id}/photos/{key:path}",
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
     summary="A small JPEG of one photo of a job",
 )
 async def job_photo(job_id: str, key: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> Response:
@@ -154,8 +190,12 @@ async def job_photo(job_id: str, key: str, jobs: Annotated[JobRunner, Depends(ge
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
-@router.delete("/jobs/{job_id}", response_model=TaggingJob, responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
-               summary="Cancel a queued or running job (its results so far are kept)")
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=TaggingJob,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    summary="Cancel a queued or running job (its results so far are kept)",
+)
 async def cancel_job(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> TaggingJob:
     job = _job_or_404(jobs, job_id)
     if job.state not in ("queued", "running"):

@@ -9,8 +9,13 @@ import faiss
 import numpy as np
 
 
-def duplicate_groups(keys: list[str], embeddings: np.ndarray, threshold: float,
-                     layouts: np.ndarray | None = None, layout_threshold: float = 0.0) -> dict[str, int]:
+def duplicate_groups(
+    keys: list[str],
+    embeddings: np.ndarray,
+    threshold: float,
+    layouts: np.ndarray | None = None,
+    layout_threshold: float = 0.0,
+) -> dict[str, int]:
     """Near-duplicate groups: connected components of the graph 'embedding cosine >= threshold and layout
     correlation >= layout_threshold'. Ids 1.. in input order; photos without a near-duplicate get no group."""
     if len(keys) < 2:

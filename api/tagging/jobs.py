@@ -65,7 +65,9 @@ class JobStore:
 
     def save(self, job: Job) -> None:
         with self.lock, self.db:
-            self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job.id, job.created, json.dumps(job.__dict__)))
+            self.db.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job.id, job.created, json.dumps(job.__dict__))
+            )
 
     def get(self, job_id: str) -> Job | None:
         with self.lock:
@@ -85,8 +87,13 @@ class JobStore:
 class JobRunner:
     """One background thread works through the queue; `cancel` stops a job at its next batch."""
 
-    def __init__(self, store: JobStore, tagger_factory: Callable[[TagOptions], Tagger],
-                 allowed_root: Path | None, max_member_bytes: int):
+    def __init__(
+        self,
+        store: JobStore,
+        tagger_factory: Callable[[TagOptions], Tagger],
+        allowed_root: Path | None,
+        max_member_bytes: int,
+    ):
         self.store = store
         self.tagger_factory = tagger_factory
         self.allowed_root = allowed_root

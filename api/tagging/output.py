@@ -12,8 +12,19 @@ from pathlib import Path
 from vision.files import atomic_write
 
 CSV_COLUMNS = [
-    "path", "status", "fine", "fine_probability", "coarse", "coarse_probability", "matches",
-    "duplicate_group", "flags", "blur_variance", "width", "height", "error",
+    "path",
+    "status",
+    "fine",
+    "fine_probability",
+    "coarse",
+    "coarse_probability",
+    "matches",
+    "duplicate_group",
+    "flags",
+    "blur_variance",
+    "width",
+    "height",
+    "error",
 ]
 
 
@@ -32,8 +43,11 @@ def format_rows(rows: Sequence[dict], fmt: str, header: bool) -> str:
     if header:
         writer.writeheader()
     for r in rows:
-        flat = {**r, "flags": ";".join(r.get("flags", [])),
-                "matches": ";".join(f"{m['product_id']}:{m['score']:.4f}" for m in r.get("matches", []))}
+        flat = {
+            **r,
+            "flags": ";".join(r.get("flags", [])),
+            "matches": ";".join(f"{m['product_id']}:{m['score']:.4f}" for m in r.get("matches", [])),
+        }
         writer.writerow({k: ("" if v is None else v) for k, v in flat.items()})
     return buf.getvalue()
 

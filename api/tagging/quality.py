@@ -32,5 +32,11 @@ def measure(pixels: np.ndarray, width: int, height: int, options: TagOptions) ->
         flags.append("too_small")
     if blur < options.blur_threshold:
         flags.append("blurry")
-    return {"status": "ok", "width": width, "height": height, "blur_variance": round(blur, 1), "flags": flags,
-            "_layout": layout_vector(gray)}
+    return {
+        "status": "ok",
+        "width": width,
+        "height": height,
+        "blur_variance": round(blur, 1),
+        "flags": flags,
+        "_layout": layout_vector(gray),
+    }

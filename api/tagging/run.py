@@ -54,8 +54,14 @@ class _Stalled(Exception):
 
 
 class Tagger:
-    def __init__(self, embedder: Embedder, matcher: Matcher | None = None, options: TagOptions = TagOptions(),
-                 limits: Limits = Limits(), start_method: str | None = None):
+    def __init__(
+        self,
+        embedder: Embedder,
+        matcher: Matcher | None = None,
+        options: TagOptions = TagOptions(),
+        limits: Limits = Limits(),
+        start_method: str | None = None,
+    ):
         self.plan = embedder.bulk_plan()
         self.workers = options.workers or self.plan.workers
         # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server, and a runtime whose
@@ -70,8 +76,14 @@ class Tagger:
         self.limits = limits
         self.manifest = embedder.manifest
 
-    def run(self, items: Sequence[Item], out: Path, progress: Callable[[int, int], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, source: str = "") -> TagSummary:
+    def run(
+        self,
+        items: Sequence[Item],
+        out: Path,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        source: str = "",
+    ) -> TagSummary:
         """Tag `items` into `out`; resumes from `out`'s state file. Raises KeyboardInterrupt after leaving a
         valid partial output when interrupted; returns early (state kept) when `should_stop()` says so."""
         output_format(out)
@@ -128,7 +140,7 @@ class Tagger:
         """
         options = self.options
         ahead = max(self.workers + 1, -(-options.read_ahead // options.batch))  # batches out with the workers
-        waiting = deque(todo[at: at + options.batch] for at in range(0, len(todo), options.batch))
+        waiting = deque(todo[at : at + options.batch] for at in range(0, len(todo), options.batch))
         suspects: deque[Item] = deque()  # photos of batches lost with a worker, to redo one by one
         in_flight: deque[tuple[list[Item], Future, bool]] = deque()  # (batch, its result, alone in the pool)
         blamed: list = []  # rows of photos that killed their worker when alone in it, the last ones in a row
@@ -176,13 +188,17 @@ class Tagger:
         """The row of a photo that failed alone in its worker: unreadable, saying how. Raises when it is the
         third in a row: then the workers, not the photos, are the likelier cause."""
         if in_a_row + 1 >= FAILURES_IN_A_ROW:
-            raise RuntimeError(f"tagging workers failed on {FAILURES_IN_A_ROW} photos in a row, each alone in its worker "
-                               "(died or stalled); the photos tagged so far are kept, run again to resume") from None
+            raise RuntimeError(
+                f"tagging workers failed on {FAILURES_IN_A_ROW} photos in a row, each alone in its worker "
+                "(died or stalled); the photos tagged so far are kept, run again to resume"
+            ) from None
         if isinstance(failure, BrokenProcessPool):
             error = "its worker process died while decoding or embedding it"
         else:
-            error = (f"decoding and embedding it took longer than {self.options.stall_timeout_s:g} s; "
-                     "its worker process was stopped")
+            error = (
+                f"decoding and embedding it took longer than {self.options.stall_timeout_s:g} s; "
+                "its worker process was stopped"
+            )
         return self._rows([(item, {"status": "unreadable", "flags": ["unreadable"], "error": error})], None, order)
 
     def _result(self, future: Future, should_stop) -> tuple | None:
@@ -201,26 +217,33 @@ class Tagger:
                     raise _Stalled from None
 
     def _pool(self) -> WorkerPool:
-        return WorkerPool(self.workers, self.start_method, self.manifest.input.spec(), self.limits, self.options,
-                          self.plan.factory)
+        return WorkerPool(
+            self.workers, self.start_method, self.manifest.input.spec(), self.limits, self.options, self.plan.factory
+        )
 
     def _rows(self, analysed: list[tuple[Item, dict]], out: EmbedderOutput | None, order: dict[str, int]):
         fine_labels, coarse_labels = self.manifest.fine_labels, self.manifest.coarse_labels
         rows, i = [], 0
         for item, info in analysed:
             if info["status"] != "ok":
-                rows.append((item.key, order[item.key], {"path": item.key, **info, "duplicate_group": None}, None, None))
+                rows.append(
+                    (item.key, order[item.key], {"path": item.key, **info, "duplicate_group": None}, None, None)
+                )
                 continue
             info = dict(info)
             layout = info.pop("_layout")
             f, c = int(out.fine_probs[i].argmax()), int(out.coarse_probs[i].argmax())
             matches = self.matcher(out.embedding[i], out.fine_probs[i], self.options.k) if self.matcher else []
             row = {
-                "path": item.key, "status": "ok",
-                "fine": fine_labels[f], "fine_probability": round(float(out.fine_probs[i, f]), 4),
-                "coarse": coarse_labels[c], "coarse_probability": round(float(out.coarse_probs[i, c]), 4),
+                "path": item.key,
+                "status": "ok",
+                "fine": fine_labels[f],
+                "fine_probability": round(float(out.fine_probs[i, f]), 4),
+                "coarse": coarse_labels[c],
+                "coarse_probability": round(float(out.coarse_probs[i, c]), 4),
                 "matches": [{"product_id": pid, "score": round(score, 4)} for pid, score in matches],
-                "duplicate_group": None, **info,
+                "duplicate_group": None,
+                **info,
             }
             rows.append((item.key, order[item.key], row, out.embedding[i], layout))
             i += 1

@@ -96,7 +96,7 @@ def _csv_items(path: Path, allowed_root: Path | None) -> Iterator[Item]:
         rows = [row["path"].strip() for row in reader if (row.get("path") or "").strip()]
     seen = set()
     for rel in rows:
-        file = (path.parent / rel)
+        file = path.parent / rel
         _check_inside(file, allowed_root)
         if rel not in seen:
             seen.add(rel)

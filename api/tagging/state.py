@@ -56,7 +56,8 @@ class TagState:
         """Keys, embeddings and layout vectors of every decoded photo, in input order."""
         keys, vectors, layouts = [], [], []
         for key, e, lay in self.db.execute(
-                "SELECT key, embedding, layout FROM photos WHERE embedding IS NOT NULL ORDER BY ord"):
+            "SELECT key, embedding, layout FROM photos WHERE embedding IS NOT NULL ORDER BY ord"
+        ):
             keys.append(key)
             vectors.append(np.frombuffer(e, dtype=np.float32))
             layouts.append(np.frombuffer(lay, dtype=np.float32))

@@ -23,16 +23,23 @@ from vision.runtimes import Embedder, EmbedderOutput
 _worker: dict = {}  # this worker process's spec, limits, options, buffers and embedder
 
 
-def init_worker(spec: InputSpec, limits: Limits, options: TagOptions, embedder_factory: Callable[[], Embedder],
-                pids) -> None:
+def init_worker(
+    spec: InputSpec, limits: Limits, options: TagOptions, embedder_factory: Callable[[], Embedder], pids
+) -> None:
     """A worker's start: `pids` (a queue) learns its process id, so that the run can kill it at once."""
     pids.put(os.getpid())
     # Ctrl-C reaches the whole process group; the run that owns the workers decides when they stop (the CLI
     # writes its partial output, a server's job runner re-queues its job), not the signal, mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
-    _worker.update(spec=spec, limits=limits, options=options, zips={}, resize=torch_resize(),
-                   pixels=np.empty((options.batch, spec.size, spec.size, 3), np.uint8))
+    _worker.update(
+        spec=spec,
+        limits=limits,
+        options=options,
+        zips={},
+        resize=torch_resize(),
+        pixels=np.empty((options.batch, spec.size, spec.size, 3), np.uint8),
+    )
     try:
         _worker["embedder"] = embedder_factory()
     except Exception as exc:  # raised from tag_batch instead, where the run reports it; from here it would be lost
@@ -42,8 +49,9 @@ def init_worker(spec: InputSpec, limits: Limits, options: TagOptions, embedder_f
 def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
     """Decode one photo into `out` (model input) and measure its quality; never raises for a bad photo."""
     try:
-        header, out[...] = prepare_photo(item.read(_worker["zips"]), _worker["spec"], _worker["limits"],
-                                         _worker["resize"])
+        header, out[...] = prepare_photo(
+            item.read(_worker["zips"]), _worker["spec"], _worker["limits"], _worker["resize"]
+        )
     except (ImageError, OSError, zipfile.BadZipFile, KeyError) as exc:
         return item, {"status": "unreadable", "error": str(exc), "flags": ["unreadable"]}
     return item, measure(out, header.width, header.height, _worker["options"])
@@ -67,12 +75,20 @@ class WorkerPool:
     or a worker that hangs). Python 3.14's `ProcessPoolExecutor.kill_workers()` does this; before it the pool
     keeps its processes to itself, so each worker reports its process id at start (`init_worker`)."""
 
-    def __init__(self, workers: int, start_method: str, spec: InputSpec, limits: Limits, options: TagOptions,
-                 embedder_factory: Callable[[], Embedder]):
+    def __init__(
+        self,
+        workers: int,
+        start_method: str,
+        spec: InputSpec,
+        limits: Limits,
+        options: TagOptions,
+        embedder_factory: Callable[[], Embedder],
+    ):
         context = multiprocessing.get_context(start_method)
         self._pids = context.SimpleQueue()
-        self._executor = ProcessPoolExecutor(workers, context, initializer=init_worker,
-                                             initargs=(spec, limits, options, embedder_factory, self._pids))
+        self._executor = ProcessPoolExecutor(
+            workers, context, initializer=init_worker, initargs=(spec, limits, options, embedder_factory, self._pids)
+        )
 
     def submit(self, batch: Sequence[Item]) -> Future:
         return self._executor.submit(tag_batch, batch)

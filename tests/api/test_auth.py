@@ -15,11 +15,19 @@ from tests.images import SAMPLE_PHOTO
 
 @pytest.fixture
 def secured(tmp_path):
-    settings = make_settings(tmp_path, load_samples=False, require_keys=True, rate_limit_per_s=2, rate_limit_burst=5,
-                             cors_origins=["https://shop.example"])
+    settings = make_settings(
+        tmp_path,
+        load_samples=False,
+        require_keys=True,
+        rate_limit_per_s=2,
+        rate_limit_burst=5,
+        cors_origins=["https://shop.example"],
+    )
     store = KeyStore(tmp_path / "keys.sqlite3")
-    keys = {name: store.create(name, scopes)[1] for name, scopes in
-            [("kiosk", ["search"]), ("merch", ["catalog:write"]), ("ops", ["admin"])]}
+    keys = {
+        name: store.create(name, scopes)[1]
+        for name, scopes in [("kiosk", ["search"]), ("merch", ["catalog:write"]), ("ops", ["admin"])]
+    }
     store.close()
     with TestClient(create_app(settings)) as client:
         yield client, keys
@@ -42,7 +50,14 @@ def test_keys_and_scopes(secured):
     resp = client.post("/v1/products", json=PRODUCT, headers=auth(keys["kiosk"]))
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "insufficient_scope"
     assert client.post("/v1/products", json=PRODUCT, headers=auth(keys["merch"])).status_code == 201
-    assert client.post("/v1/search", content=SAMPLE_PHOTO.read_bytes(), headers={**auth(keys["merch"]), "Content-Type": "image/jpeg"}).status_code == 403
+    assert (
+        client.post(
+            "/v1/search",
+            content=SAMPLE_PHOTO.read_bytes(),
+            headers={**auth(keys["merch"]), "Content-Type": "image/jpeg"},
+        ).status_code
+        == 403
+    )
     assert client.get("/metrics", headers=auth(keys["kiosk"])).status_code == 403
     assert client.get("/metrics", headers=auth(keys["ops"])).status_code == 200  # admin holds every scope
     assert client.get("/healthz").status_code == 200  # liveness stays open
@@ -115,13 +130,17 @@ def test_access_log_is_json_with_request_id_and_no_secret(secured, caplog):
 
     client, keys = secured
     with caplog.at_level(logging.INFO, logger="seesku.access"):
-        resp = client.get(f"/v1/categories?api_key={keys['kiosk']}", headers={**auth(keys["kiosk"]), "X-Request-ID": "req-123"})
+        resp = client.get(
+            f"/v1/categories?api_key={keys['kiosk']}", headers={**auth(keys["kiosk"]), "X-Request-ID": "req-123"}
+        )
         other = client.get("/healthz")
     assert resp.headers["x-request-id"] == "req-123" and len(other.headers["x-request-id"]) == 32
     lines = [JsonFormatter().format(r) for r in caplog.records if r.name == "seesku.access"]
     entries = [json.loads(line) for line in lines]
     first = next(e for e in entries if e["request_id"] == "req-123")
-    assert first["path"] == "/v1/categories" and first["status"] == 200 and first["key_id"] == keys["kiosk"].split("_")[1]
+    assert (
+        first["path"] == "/v1/categories" and first["status"] == 200 and first["key_id"] == keys["kiosk"].split("_")[1]
+    )
     secret = keys["kiosk"].split("_", 2)[2]
     assert all(secret not in line for line in lines)
 
@@ -131,7 +150,9 @@ def test_redaction_of_keys_in_any_log_message():
 
     from api.middleware.logs import JsonFormatter
 
-    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "bad key %s", ("sk_abc123_SuperSecret-Value_9",), None)
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "bad key %s", ("sk_abc123_SuperSecret-Value_9",), None
+    )
     line = JsonFormatter().format(record)
     assert "SuperSecret" not in line and "sk_abc123_***" in line
 
@@ -144,8 +165,12 @@ def test_serve_host_flag_turns_keys_on(tmp_path):
 
     from tests.conftest import start_serve
 
-    base, proc = start_serve({"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false", "SEESKU_HOST": "127.0.0.1"},
-                             "--host", "0.0.0.0", stdout=subprocess.PIPE)
+    base, proc = start_serve(
+        {"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false", "SEESKU_HOST": "127.0.0.1"},
+        "--host",
+        "0.0.0.0",
+        stdout=subprocess.PIPE,
+    )
     try:
         assert httpx.get(f"{base}/v1/products").status_code == 401
     finally:

@@ -31,11 +31,16 @@ STATUSES: Counter = Counter()
 def fuzz_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz-data")
     log = open(data / "server.log", "w+")
-    base, proc = start_serve({
-        "SEESKU_DATA_DIR": str(data), "SEESKU_ONNX_THREADS": "2",
-        # The fuzzer is one fast client; the limiter's 429s would hide the routes behind it.
-        "SEESKU_RATE_LIMIT_PER_S": "100000", "SEESKU_RATE_LIMIT_BURST": "100000",
-    }, stdout=log)
+    base, proc = start_serve(
+        {
+            "SEESKU_DATA_DIR": str(data),
+            "SEESKU_ONNX_THREADS": "2",
+            # The fuzzer is one fast client; the limiter's 429s would hide the routes behind it.
+            "SEESKU_RATE_LIMIT_PER_S": "100000",
+            "SEESKU_RATE_LIMIT_BURST": "100000",
+        },
+        stdout=log,
+    )
     yield base
     proc.terminate()
     proc.wait(timeout=30)
@@ -53,9 +58,16 @@ def operations(base: str):
 def test_every_operation_answers_by_its_schema(fuzz_server):
     failures = []
     for operation in operations(fuzz_server):
+
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
         def fuzz(case):
             response = case.call(base_url=fuzz_server, timeout=30)
             CASES[f"{case.method} {case.path}"] += 1

@@ -14,7 +14,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def test_no_bench_script_shadows_an_installed_module():
     shadowing = []
     for script in sorted(BENCH.glob("*.py")):
-        spec = importlib.util.find_spec(script.stem) if script.stem not in sys.modules else sys.modules[script.stem].__spec__
+        spec = (
+            importlib.util.find_spec(script.stem)
+            if script.stem not in sys.modules
+            else sys.modules[script.stem].__spec__
+        )
         origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
         if origin is not None and origin.parent != BENCH:
             shadowing.append(f"{script.name} hides {origin}")

@@ -25,10 +25,20 @@ TRIALS = int(os.environ.get("SEESKU_CRASH_TRIALS", "3"))
 
 
 def start(data_dir, port):
-    env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_LOAD_SAMPLES": "false", "SEESKU_ONNX_THREADS": "1",
-           "SEESKU_INDEX_SAVE_INTERVAL_S": "0.2"}
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "SEESKU_DATA_DIR": str(data_dir),
+        "SEESKU_LOAD_SAMPLES": "false",
+        "SEESKU_ONNX_THREADS": "1",
+        "SEESKU_INDEX_SAVE_INTERVAL_S": "0.2",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_ready(base, proc, timeout=120):
@@ -59,10 +69,15 @@ def bulk_import(base, trial, acknowledged, stop):
             pid = f"t{trial}-p{i:03d}"
             photo = PHOTOS[(trial * 500 + i) % len(PHOTOS)]
             try:
-                created = client.post("/v1/products", json={"product_id": pid, "name": pid, "fine_category": pid, "coarse_category": "crash"})
+                created = client.post(
+                    "/v1/products",
+                    json={"product_id": pid, "name": pid, "fine_category": pid, "coarse_category": "crash"},
+                )
                 if created.status_code != 201:
                     continue
-                added = client.post(f"/v1/products/{pid}/images", files={"images": (photo.name, photo.read_bytes(), "image/jpeg")})
+                added = client.post(
+                    f"/v1/products/{pid}/images", files={"images": (photo.name, photo.read_bytes(), "image/jpeg")}
+                )
                 if added.status_code == 201:
                     acknowledged.append((pid, photo))
             except httpx.HTTPError:
@@ -106,10 +121,17 @@ def test_kill9_loses_no_acknowledged_product(tmp_path):
             with httpx.Client(base_url=base, timeout=10) as client:
                 for pid, photo in acknowledged:
                     product = client.get(f"/v1/products/{pid}")
-                    found = client.post("/v1/search", params={"k": 1, "category": pid}, content=photo.read_bytes(),
-                                        headers={"Content-Type": "image/jpeg"})
-                    ok = product.status_code == 200 and found.status_code == 200 and \
-                        [m["product_id"] for m in found.json()["matches"]] == [pid]
+                    found = client.post(
+                        "/v1/search",
+                        params={"k": 1, "category": pid},
+                        content=photo.read_bytes(),
+                        headers={"Content-Type": "image/jpeg"},
+                    )
+                    ok = (
+                        product.status_code == 200
+                        and found.status_code == 200
+                        and [m["product_id"] for m in found.json()["matches"]] == [pid]
+                    )
                     lost += not ok
             vectors = ready["vectors"]
         finally:

@@ -25,8 +25,13 @@ def _seeds() -> dict[str, bytes]:
     im = Image.fromarray(rgb)
     seeds = {}
     for fmt, image, kwargs in [
-        ("JPEG", im, {"quality": 80}), ("PNG", im.convert("RGBA"), {}), ("WEBP", im, {"quality": 80}),
-        ("GIF", im.convert("P"), {}), ("TIFF", im, {}), ("BMP", im, {}), ("HEIF", im, {"quality": 60}),
+        ("JPEG", im, {"quality": 80}),
+        ("PNG", im.convert("RGBA"), {}),
+        ("WEBP", im, {"quality": 80}),
+        ("GIF", im.convert("P"), {}),
+        ("TIFF", im, {}),
+        ("BMP", im, {}),
+        ("HEIF", im, {"quality": 60}),
     ]:
         buf = io.BytesIO()
         try:
@@ -91,7 +96,9 @@ def check(data: bytes) -> str:
 def fuzz(cases: int) -> dict[str, int]:
     outcomes: dict[str, int] = {}
 
-    @settings(max_examples=cases, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=cases, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None
+    )
     @given(hostile_bytes())
     def run(data):
         outcome = check(data)

@@ -15,11 +15,28 @@ from api.settings import REPO_ROOT
 @pytest.mark.slow
 def test_sixteen_concurrent_shoppers_get_no_errors():
     out = subprocess.run(
-        [sys.executable, "bench/load.py", "--clients", "16", "--seconds", "6", "--min-searches", "300", "--warmup", "100"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True,
+        [
+            sys.executable,
+            "bench/load.py",
+            "--clients",
+            "16",
+            "--seconds",
+            "6",
+            "--min-searches",
+            "300",
+            "--warmup",
+            "100",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     ).stdout
     result = json.loads(out)
-    print(f"\nshort load run: {result['requests']} requests, {result['errors']} errors, "
-          f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+    print(
+        f"\nshort load run: {result['requests']} requests, {result['errors']} errors, "
+        f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms"
+    )
     assert result["requests"] >= 400
     assert result["errors"] == 0 and result["statuses"] == {"200": result["requests"]}

@@ -21,7 +21,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for the page tests: `make test` installs it (apt-get install chromium)")
+        pytest.fail(
+            "Debian's chromium is needed for the page tests: `make test` installs it (apt-get install chromium)"
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         yield browser
@@ -93,12 +95,14 @@ def test_pages_ask_for_an_api_key_where_the_server_requires_one(browser, tmp_pat
     from tests.conftest import start_serve
 
     env = {"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_REQUIRE_KEYS": "true", "SEESKU_ONNX_THREADS": "2"}
+
     def create_key(*scopes):
         command = [sys.executable, "-m", "api.cli", "keys", "create", "--name", "web page"]
         for scope in scopes:
             command += ["--scope", scope]
-        return subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            command, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     token, merchandiser_token = create_key("search"), create_key("catalog:write")
     base, proc = start_serve(env)
@@ -118,7 +122,9 @@ def test_pages_ask_for_an_api_key_where_the_server_requires_one(browser, tmp_pat
         ids = page.locator("ol#matches li").evaluate_all("items => items.map(li => li.dataset.productId)")
         assert "Garant-Ecological-Standard-Milk" in ids
         # The thumbnails came through the key too (a plain <img src> would have got 401).
-        page.wait_for_function("() => [...document.querySelectorAll('#matches img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#matches img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         page.reload()  # the key stays for the tab, not beyond it
         assert page.evaluate("() => sessionStorage.getItem('seesku-api-key')") == token
         page.close()
@@ -136,10 +142,14 @@ def test_pages_ask_for_an_api_key_where_the_server_requires_one(browser, tmp_pat
         page.get_by_label("API key").fill(merchandiser_token)
         page.get_by_role("button", name="Use key").click()
         page.get_by_role("button", name="Start tagging").click()
-        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('done')", timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('#status').textContent.startsWith('done')", timeout=120_000
+        )
         group = page.get_by_role("group", name="Duplicate group 1: 2 photos")
         group.locator("img").nth(1).wait_for(timeout=30_000)
-        page.wait_for_function("() => [...document.querySelectorAll('#groups img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#groups img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         with page.expect_download() as download:
             page.get_by_role("link", name="CSV").click()
         rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))

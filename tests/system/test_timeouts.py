@@ -17,14 +17,22 @@ from tests.conftest import start_serve
 
 
 def test_stalled_upload_gets_408_from_the_real_server(tmp_path):
-    base, proc = start_serve({"SEESKU_DATA_DIR": str(tmp_path), "SEESKU_LOAD_SAMPLES": "false",
-                              "SEESKU_BODY_IDLE_TIMEOUT_S": "1", "SEESKU_ONNX_THREADS": "2"})
+    base, proc = start_serve(
+        {
+            "SEESKU_DATA_DIR": str(tmp_path),
+            "SEESKU_LOAD_SAMPLES": "false",
+            "SEESKU_BODY_IDLE_TIMEOUT_S": "1",
+            "SEESKU_ONNX_THREADS": "2",
+        }
+    )
     port = int(base.rsplit(":", 1)[1])
     try:
         # Announce 100 KB, send 1 KB, then stall: the server answers instead of waiting for ever.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                         b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" + b"\0" * 1000)
+            sock.sendall(
+                b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" + b"\0" * 1000
+            )
             started = time.monotonic()
             answer = b""
             while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
@@ -63,6 +71,7 @@ def small_app(request_timeout_s: float) -> FastAPI:
             for i in range(5):  # 0.5 s in all, longer than the timeout, but started at once
                 yield f"{i}\n".encode()
                 await asyncio.sleep(0.1)
+
         return StreamingResponse(chunks(), media_type="text/plain")
 
     return app

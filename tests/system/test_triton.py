@@ -85,8 +85,10 @@ def test_shopper_model_on_triton_scores_as_in_process(triton_server, tmp_path):
     assert isinstance(remote, TritonShopperScorer)
     local = OnnxShopperScorer(REPOSITORY / "user_recommender")
     products = local.manifest.vocabulary
-    history = [Event("u", products[i], kind, channel, float(i))
-               for i, kind, channel in ((3, "view", "app"), (7, "cart", "web"), (3, "purchase", "kiosk"))]
+    history = [
+        Event("u", products[i], kind, channel, float(i))
+        for i, kind, channel in ((3, "view", "app"), (7, "cart", "web"), (3, "purchase", "kiosk"))
+    ]
     try:
         remote.load()
         got, want = remote.scores(history), local.scores(history)
@@ -107,7 +109,9 @@ def test_search_end_to_end_through_triton(triton_server, tmp_path):
         assert resp.status_code == 200, resp.text
         via_triton = resp.json()
     with TestClient(create_app(make_settings(tmp_path / "local", load_samples=True))) as client:
-        in_process = client.post("/v1/search", content=query.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
+        in_process = client.post(
+            "/v1/search", content=query.read_bytes(), headers={"Content-Type": "image/jpeg"}
+        ).json()
     assert via_triton["matches"][0]["product_id"] == "Beef-Tomato"
     assert [m["product_id"] for m in via_triton["matches"]] == [m["product_id"] for m in in_process["matches"]]
     for a, b in zip(via_triton["matches"], in_process["matches"]):
@@ -119,13 +123,25 @@ def test_triton_stopped_gives_503_then_recovers(tmp_path):
     written, /readyz says why; when Triton is back on the same address the service recovers by itself."""
     server = TritonServer(tmp_path / "triton", free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log")
     server.start()
-    settings = make_settings(tmp_path / "data", load_samples=False, inference=server.inference_setting,
-                             triton_timeout_s=2.0, triton_retries=1)
+    settings = make_settings(
+        tmp_path / "data",
+        load_samples=False,
+        inference=server.inference_setting,
+        triton_timeout_s=2.0,
+        triton_retries=1,
+    )
     photo = (SAMPLES / "queries" / "Beef-Tomato_002.jpg").read_bytes()
     try:
         with TestClient(create_app(settings)) as client:
-            created = client.post("/v1/products", json={"product_id": "tomato", "name": "Tomato",
-                                                        "fine_category": "Beef-Tomato", "coarse_category": "Tomato"})
+            created = client.post(
+                "/v1/products",
+                json={
+                    "product_id": "tomato",
+                    "name": "Tomato",
+                    "fine_category": "Beef-Tomato",
+                    "coarse_category": "Tomato",
+                },
+            )
             assert created.status_code == 201, created.text
             added = client.post("/v1/products/tomato/images", files={"images": ("t.jpg", photo, "image/jpeg")})
             assert added.status_code == 201, added.text
@@ -137,7 +153,9 @@ def test_triton_stopped_gives_503_then_recovers(tmp_path):
             error = resp.json()["error"]
             assert error["code"] == "inference_unavailable" and server.grpc_url in error["message"]
             assert resp.headers["Retry-After"] == "1"
-            added = client.post("/v1/products/tomato/images", files={"images": ("n.png", encode(noise(), "PNG"), "image/png")})
+            added = client.post(
+                "/v1/products/tomato/images", files={"images": ("n.png", encode(noise(), "PNG"), "image/png")}
+            )
             assert added.status_code == 503
             assert len(client.get("/v1/products/tomato").json()["images"]) == 1  # nothing half-written
             ready = client.get("/readyz")
@@ -165,8 +183,13 @@ def test_unreachable_triton_is_a_clear_error(tmp_path):
     finally:
         embedder.close()
     # The API refuses to start against a server that never comes, with the reason, after its wait.
-    settings = make_settings(tmp_path, load_samples=False, inference=f"triton://127.0.0.1:{free_port()}",
-                             inference_startup_wait_s=0, triton_timeout_s=1.0)
+    settings = make_settings(
+        tmp_path,
+        load_samples=False,
+        inference=f"triton://127.0.0.1:{free_port()}",
+        inference_startup_wait_s=0,
+        triton_timeout_s=1.0,
+    )
     with pytest.raises(EmbedderUnavailable):
         with TestClient(create_app(settings)):
             pass
@@ -193,9 +216,25 @@ def test_seesku_triton_serve_starts_a_ready_server(tmp_path):
 
     grpc, http, metrics = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "triton", "serve", "--grpc-port", str(grpc), "--http-port", str(http),
-         "--metrics-port", str(metrics), "--workdir", str(tmp_path / "triton")],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "triton",
+            "serve",
+            "--grpc-port",
+            str(grpc),
+            "--http-port",
+            str(http),
+            "--metrics-port",
+            str(metrics),
+            "--workdir",
+            str(tmp_path / "triton"),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = []

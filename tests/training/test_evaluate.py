@@ -68,8 +68,13 @@ def test_compare_pairs_two_runs_photo_by_photo(tmp_path):
     b.write_text(header + "".join(f"p{i}.jpg,X,{'X' if i < 7 else 'Y'},C,C\n" for i in range(8)))
     result = compare(read_predictions(a), read_predictions(b))
     assert result["photos"] == 8
-    assert result["fine"] == {"accuracy_a": 0.125, "accuracy_b": 0.875, "only_a_right": 0, "only_b_right": 6,
-                              "mcnemar_p": 0.0312}
+    assert result["fine"] == {
+        "accuracy_a": 0.125,
+        "accuracy_b": 0.875,
+        "only_a_right": 0,
+        "only_b_right": 6,
+        "mcnemar_p": 0.0312,
+    }
     assert result["coarse"]["mcnemar_p"] == 1.0 and result["coarse"]["only_a_right"] == 0
     b.write_text(header + "other.jpg,X,X,C,C\n")
     with pytest.raises(ValueError, match="different photos"):

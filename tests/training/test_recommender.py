@@ -32,6 +32,7 @@ def post(client, events):
 
 # -- events API -------------------------------------------------------------------------------------
 
+
 def test_events_are_stored_once_and_merged_across_channels(sample_client):
     events = [
         event("t-merge", "Banana", "2026-10-02T10:00:00Z", "web", "view", "m1"),
@@ -45,15 +46,21 @@ def test_events_are_stored_once_and_merged_across_channels(sample_client):
     assert [e["channel"] for e in history] == ["kiosk", "web", "app"]
 
 
-@pytest.mark.parametrize("bad, where", [
-    ({"type": "stare"}, ["body", "events", 1, "type"]),
-    ({"channel": "fax"}, ["body", "events", 1, "channel"]),
-    ({"timestamp": "yesterday"}, ["body", "events", 1, "timestamp"]),
-    ({"user_id": ""}, ["body", "events", 1, "user_id"]),
-    ({"colour": "red"}, ["body", "events", 1, "colour"]),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"type": "stare"}, ["body", "events", 1, "type"]),
+        ({"channel": "fax"}, ["body", "events", 1, "channel"]),
+        ({"timestamp": "yesterday"}, ["body", "events", 1, "timestamp"]),
+        ({"user_id": ""}, ["body", "events", 1, "user_id"]),
+        ({"colour": "red"}, ["body", "events", 1, "colour"]),
+    ],
+)
 def test_bad_event_fields_name_the_event(sample_client, bad, where):
-    events = [event("t-bad", "Banana", "2026-10-01T00:00:00Z"), {**event("t-bad", "Banana", "2026-10-01T00:00:00Z"), **bad}]
+    events = [
+        event("t-bad", "Banana", "2026-10-01T00:00:00Z"),
+        {**event("t-bad", "Banana", "2026-10-01T00:00:00Z"), **bad},
+    ]
     resp = post(sample_client, events)
     assert resp.status_code == 422
     assert any(d["loc"] == where for d in resp.json()["error"]["details"])
@@ -61,7 +68,10 @@ def test_bad_event_fields_name_the_event(sample_client, bad, where):
 
 
 def test_unknown_product_is_refused_naming_the_event(sample_client):
-    events = [event("t-unknown", "Banana", "2026-10-01T00:00:00Z"), event("t-unknown", "No-Such-Thing", "2026-10-01T00:01:00Z")]
+    events = [
+        event("t-unknown", "Banana", "2026-10-01T00:00:00Z"),
+        event("t-unknown", "No-Such-Thing", "2026-10-01T00:01:00Z"),
+    ]
     resp = post(sample_client, events)
     assert resp.status_code == 422
     body = resp.json()["error"]
@@ -75,9 +85,19 @@ def test_empty_batch_is_refused(sample_client):
 
 # -- recommendations and fusion -------------------------------------------------------------------------
 
+
 def oat_milk_buyer(client, user):
-    events = [event(user, "Oatly-Oat-Milk", f"2026-10-{d:02d}T09:00:00Z", ["app", "web", "kiosk"][d % 3], "purchase", f"{user}-{d}")
-              for d in range(1, 9)]
+    events = [
+        event(
+            user,
+            "Oatly-Oat-Milk",
+            f"2026-10-{d:02d}T09:00:00Z",
+            ["app", "web", "kiosk"][d % 3],
+            "purchase",
+            f"{user}-{d}",
+        )
+        for d in range(1, 9)
+    ]
     assert post(client, events).status_code == 200
 
 
@@ -94,8 +114,12 @@ def test_recommendations_from_history_and_popular_without(sample_client):
 
 
 def search(client, **params):
-    resp = client.post("/v1/search", params={"k": 10, **params}, content=MILK_PHOTO.read_bytes(),
-                       headers={"Content-Type": "image/jpeg"})
+    resp = client.post(
+        "/v1/search",
+        params={"k": 10, **params},
+        content=MILK_PHOTO.read_bytes(),
+        headers={"Content-Type": "image/jpeg"},
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()["matches"]
 
@@ -108,21 +132,30 @@ def test_personal_reranking_with_a_fixed_history(sample_client):
     assert personal[0]["product_id"] == "Oatly-Oat-Milk"  # the oat-milk buyer sees oat milk first
     assert personal[0]["personal_score"] == max(m["personal_score"] for m in personal)
     for m in personal:
-        assert m["score"] == pytest.approx(m["visual_score"] + 0.5 * (m["category_probability"] or 0) + 5 * m["personal_score"], abs=1e-4)
+        assert m["score"] == pytest.approx(
+            m["visual_score"] + 0.5 * (m["category_probability"] or 0) + 5 * m["personal_score"], abs=1e-4
+        )
     # weight 0 and shoppers without history get the visual order
-    assert [m["product_id"] for m in search(sample_client, user_id="t-fusion", personal_weight=0)] == [m["product_id"] for m in visual]
+    assert [m["product_id"] for m in search(sample_client, user_id="t-fusion", personal_weight=0)] == [
+        m["product_id"] for m in visual
+    ]
     no_history = search(sample_client, user_id="t-never-seen")
     assert [m["product_id"] for m in no_history] == [m["product_id"] for m in visual]
     assert all(m["personal_score"] is None for m in no_history)
 
 
 def test_bad_personal_weight(sample_client):
-    resp = sample_client.post("/v1/search", params={"personal_weight": -1}, content=MILK_PHOTO.read_bytes(),
-                              headers={"Content-Type": "image/jpeg"})
+    resp = sample_client.post(
+        "/v1/search",
+        params={"personal_weight": -1},
+        content=MILK_PHOTO.read_bytes(),
+        headers={"Content-Type": "image/jpeg"},
+    )
     assert resp.status_code == 422
 
 
 # -- the shipped shopper model ---------------------------------------------------------------------------
+
 
 def test_shipped_recommender_manifest_and_graph():
     manifest = RecommenderManifest.load(RECOMMENDER)
@@ -139,6 +172,7 @@ def test_shipped_recommender_manifest_and_graph():
 
 # -- training and evaluation --------------------------------------------------------------------------
 
+
 def planted_sequences(users=300, items=30, seed=0) -> Sequences:
     """Each item is always followed by the next one (mod items): a pattern with one right answer."""
     rng = np.random.default_rng(seed)
@@ -151,8 +185,20 @@ def planted_sequences(users=300, items=30, seed=0) -> Sequences:
 
 def test_model_learns_a_planted_sequence_pattern(tmp_path):
     seqs = planted_sequences()
-    config = RecommenderConfig(data="planted", out=str(tmp_path / "run"), dim=32, blocks=1, heads=2, dropout=0.0,
-                               epochs=30, batch=64, lr=3e-3, eval_every=5, patience=3, threads=2)
+    config = RecommenderConfig(
+        data="planted",
+        out=str(tmp_path / "run"),
+        dim=32,
+        blocks=1,
+        heads=2,
+        dropout=0.0,
+        epochs=30,
+        batch=64,
+        lr=3e-3,
+        eval_every=5,
+        patience=3,
+        threads=2,
+    )
     best = train(config, seqs, log=lambda m: None)
     from training.recommender.model import load
 
@@ -164,8 +210,21 @@ def test_model_learns_a_planted_sequence_pattern(tmp_path):
 
 
 def test_contrastive_regulariser_trains_with_the_planted_pattern(tmp_path):
-    config = RecommenderConfig(data="planted", out=str(tmp_path / "run"), dim=32, blocks=1, heads=2, dropout=0.1,
-                               epochs=30, batch=64, lr=3e-3, eval_every=5, patience=3, threads=2, cl_weight=0.1)
+    config = RecommenderConfig(
+        data="planted",
+        out=str(tmp_path / "run"),
+        dim=32,
+        blocks=1,
+        heads=2,
+        dropout=0.1,
+        epochs=30,
+        batch=64,
+        lr=3e-3,
+        eval_every=5,
+        patience=3,
+        threads=2,
+        cl_weight=0.1,
+    )
     from training.recommender.model import load
 
     model, _ = load(train(config, planted_sequences(), log=lambda m: None))
@@ -194,8 +253,17 @@ def test_refit_trains_through_the_validation_item_never_the_test_item():
 
 
 def test_refit_keeps_its_last_epoch(tmp_path):
-    config = RecommenderConfig(data="planted", out=str(tmp_path / "run"), dim=16, blocks=1, dropout=0.0, epochs=3,
-                               batch=64, threads=2, fit_through="val")
+    config = RecommenderConfig(
+        data="planted",
+        out=str(tmp_path / "run"),
+        dim=16,
+        blocks=1,
+        dropout=0.0,
+        epochs=3,
+        batch=64,
+        threads=2,
+        fit_through="val",
+    )
     best = train(config, planted_sequences(users=50), log=lambda m: None)
     state = torch.load(best, weights_only=False)
     assert state["epoch"] == 2 and not any(k.startswith("val_") for r in state["history"] for k in r)
@@ -206,11 +274,15 @@ def test_refit_keeps_its_last_epoch(tmp_path):
 
     data = tmp_path / "planted.txt"
     data.write_text("".join(f"{u} {' '.join(map(str, s))}\n" for u, s in enumerate(planted_sequences(users=50).items)))
-    refused = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--split", "val"])
+    refused = CliRunner().invoke(
+        app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--split", "val"]
+    )
     assert refused.exit_code == 2 and "refit" in refused.output
     # the same checkpoint twice is an ensemble of two identical members: the same metrics as one
     one = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--json"])
-    two = CliRunner().invoke(app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--model", str(best), "--json"])
+    two = CliRunner().invoke(
+        app, ["eval", "recommender", "--data", str(data), "--model", str(best), "--model", str(best), "--json"]
+    )
     assert one.exit_code == 0 and two.exit_code == 0, two.output
     one, two = json.loads(one.output), json.loads(two.output)
     assert len(two["ensemble"]) == 2 and "ensemble of 2" in two["protocol"]
@@ -275,8 +347,11 @@ def test_train_from_the_service_events(sample_client, tmp_path):
     from api.cli import app
 
     data_dir = sample_client.app.state.settings.data_dir  # the sample catalogue with the synthetic events
-    result = CliRunner().invoke(app, ["train", "recommender", "--from-events", "--out", str(tmp_path / "run"),
-                                      "--epochs", "2", "--batch", "64"], env={"SEESKU_DATA_DIR": str(data_dir)})
+    result = CliRunner().invoke(
+        app,
+        ["train", "recommender", "--from-events", "--out", str(tmp_path / "run"), "--epochs", "2", "--batch", "64"],
+        env={"SEESKU_DATA_DIR": str(data_dir)},
+    )
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     products = [p["product_id"] for p in sample_client.get("/v1/products", params={"limit": 100}).json()["items"]]

@@ -18,7 +18,8 @@ from training.metrics import (
     recall_at_k,
     topk_accuracy,
 )
-from training.vision import TrainConfig, load_checkpoint, pk_batches, supcon_loss, train
+from training.augment import pk_batches
+from training.vision import TrainConfig, load_checkpoint, supcon_loss, train
 
 COLOURS = {"red-apple": (200, 30, 30), "green-pear": (40, 180, 60), "blue-carton": (40, 60, 200)}
 COARSE = {"red-apple": "fruit", "green-pear": "fruit", "blue-carton": "packages"}
@@ -47,13 +48,21 @@ def tiny_folder(tmp_path_factory):
 
 def _config(data, out, **overrides):
     settings = dict(
-        epochs=2, classes_per_batch=3, photos_per_class=2, sizes=[64], cache_side=72, embedding_dim=32,
-        freeze_blocks=4, lr=3e-3, threads=2,
+        epochs=2,
+        classes_per_batch=3,
+        photos_per_class=2,
+        sizes=[64],
+        cache_side=72,
+        embedding_dim=32,
+        freeze_blocks=4,
+        lr=3e-3,
+        threads=2,
     )
     return TrainConfig(data=str(data), out=str(out), **{**settings, **overrides})
 
 
 # -- data -----------------------------------------------------------------------------------------
+
 
 def test_folder_reader_splits_labels_and_catalogue(tiny_folder):
     train_set = load_photos(tiny_folder, "train")
@@ -69,8 +78,17 @@ def test_folder_reader_splits_labels_and_catalogue(tiny_folder):
 
 def test_csv_reader_with_and_without_split_column(tmp_path, tiny_folder):
     photos = sorted((tiny_folder / "train").rglob("*.jpg"))
-    rows = [{"path": str(p), "product_id": p.parent.name, "fine": "", "coarse": p.parent.parent.name,
-             "split": "val" if p.stem == "0" else "train", "iconic": "1" if p.stem == "iconic" else ""} for p in photos]
+    rows = [
+        {
+            "path": str(p),
+            "product_id": p.parent.name,
+            "fine": "",
+            "coarse": p.parent.parent.name,
+            "split": "val" if p.stem == "0" else "train",
+            "iconic": "1" if p.stem == "iconic" else "",
+        }
+        for p in photos
+    ]
     with open(tmp_path / "photos.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -87,7 +105,9 @@ def test_grocery_store_reader(tmp_path):
     root = tmp_path / "dataset"
     _photo(root / "train/Fruit/Apple/Pink-Lady/Pink-Lady_001.jpg", (200, 60, 60), 1)
     _photo(root / "iconic-images-and-descriptions/Fruit/Apple/Pink-Lady/Pink-Lady_Iconic.jpg", (200, 60, 60), 2)
-    (root / "iconic-images-and-descriptions/Fruit/Apple/Pink-Lady/Pink-Lady_Description.txt").write_text("A crisp apple.")
+    (root / "iconic-images-and-descriptions/Fruit/Apple/Pink-Lady/Pink-Lady_Description.txt").write_text(
+        "A crisp apple."
+    )
     (root / "classes.csv").write_text(
         "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),Iconic Image Path (str),Product Description Path (str)\n"
         "Pink-Lady,0,Apple,0,/iconic-images-and-descriptions/Fruit/Apple/Pink-Lady/Pink-Lady_Iconic.jpg,"
@@ -102,6 +122,7 @@ def test_grocery_store_reader(tmp_path):
 
 
 # -- metrics with known answers --------------------------------------------------------------------
+
 
 def test_topk_accuracy():
     scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
@@ -138,7 +159,9 @@ def test_mcnemar_exact_on_known_splits():
 
 def test_supcon_is_low_for_clustered_and_high_for_mixed_embeddings():
     labels = torch.tensor([0, 0, 1, 1])
-    clustered = torch.nn.functional.normalize(torch.tensor([[1.0, 0.01], [1.0, -0.01], [0.01, 1.0], [-0.01, 1.0]]), dim=1)
+    clustered = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.01], [1.0, -0.01], [0.01, 1.0], [-0.01, 1.0]]), dim=1
+    )
     mixed = clustered[[0, 2, 1, 3]]
     assert supcon_loss(clustered, labels, 0.1) < 0.01 < supcon_loss(mixed, labels, 0.1)
 
@@ -156,6 +179,7 @@ def test_pk_batches_cover_every_photo_once_with_catalogue_anchors():
 
 
 # -- the loop ----------------------------------------------------------------------------------------
+
 
 def test_training_lowers_the_loss_in_two_epochs(tiny_folder, tmp_path):
     train(_config(tiny_folder, tmp_path / "run"))
@@ -211,7 +235,10 @@ def test_trained_checkpoint_exports_with_parity(tiny_folder, tmp_path):
     best = train(_config(tiny_folder, tmp_path / "run", epochs=1))
     manifest = export_trained(best, tmp_path / "model", log=lambda m: None)
     assert manifest.metrics["parity_min_cosine"] >= 0.9999
-    assert ModelManifest.load(tmp_path / "model").embedding_dim == 32 and (tmp_path / "model" / "1" / "model.onnx").exists()
+    assert (
+        ModelManifest.load(tmp_path / "model").embedding_dim == 32
+        and (tmp_path / "model" / "1" / "model.onnx").exists()
+    )
     assert manifest.fine_labels == load_photos(tiny_folder, "train").fine_labels and len(manifest.data_checksum) == 64
     assert manifest.command.startswith("seesku train vision --data")
 
@@ -223,8 +250,15 @@ def test_export_at_a_chosen_resolution_with_coarse_from_fine(tiny_folder, tmp_pa
     from vision.preprocess import load_image
 
     best = train(_config(tiny_folder, tmp_path / "run", epochs=1))
-    manifest = export_trained(best, tmp_path / "model", log=lambda m: None, input_size=96, crop_pct=1.0,
-                              coarse_from_fine=0.5, export_command="seesku export-onnx --input-size 96")
+    manifest = export_trained(
+        best,
+        tmp_path / "model",
+        log=lambda m: None,
+        input_size=96,
+        crop_pct=1.0,
+        coarse_from_fine=0.5,
+        export_command="seesku export-onnx --input-size 96",
+    )
     assert (manifest.input.size, manifest.input.crop_pct) == (96, 1.0)
     assert manifest.command.endswith(" && seesku export-onnx --input-size 96") and "fine_probs summed" in manifest.heads
     session = ort.InferenceSession(str(tmp_path / "model" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -255,10 +289,15 @@ def test_export_with_the_training_photos_as_a_voting_gallery(tiny_folder, tmp_pa
     from vision.preprocess import load_image
 
     best = train(_config(tiny_folder, tmp_path / "run", epochs=1))
-    manifest = export_trained(best, tmp_path / "model", log=lambda m: None, gallery_weight=0.5, gallery_k=3,
-                              gallery_temperature=0.1)
+    manifest = export_trained(
+        best, tmp_path / "model", log=lambda m: None, gallery_weight=0.5, gallery_k=3, gallery_temperature=0.1
+    )
     assert "nearest of the" in manifest.heads and manifest.metrics["parity_min_cosine"] >= 0.9999
-    assert (manifest.gallery.photos, manifest.gallery.k, manifest.gallery.weight) == (len(load_photos(tiny_folder, "train")), 3, 0.5)
+    assert (manifest.gallery.photos, manifest.gallery.k, manifest.gallery.weight) == (
+        len(load_photos(tiny_folder, "train")),
+        3,
+        0.5,
+    )
     session = ort.InferenceSession(str(tmp_path / "model" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
 
     model, state = load_checkpoint(best)  # the heads alone
@@ -299,20 +338,37 @@ def test_final_fit_through_val_trains_on_both_and_refuses_to_be_evaluated_on_the
     assert history[0]["images"] >= 24 + 9  # every train and val photo once an epoch (+ catalogue anchors)
 
     manifest = export_trained(best, tmp_path / "model", log=lambda m: None, gallery_weight=0.25, gallery_k=1)
-    assert manifest.trained_on == both.source and manifest.gallery.split == "train+val" and manifest.gallery.photos == 24 + 9
+    assert (
+        manifest.trained_on == both.source
+        and manifest.gallery.split == "train+val"
+        and manifest.gallery.photos == 24 + 9
+    )
     assert "--fit-through val" in manifest.command and manifest.metrics["best_epoch"] == 2.0
     for split in ("val", "train"):
         with pytest.raises(ValueError, match="was trained on folder:.*:train\+val"):
             evaluate(tmp_path / "model", tiny_folder, split, tmp_path / "report", log=lambda m: None)
-    refused = seesku("eval", "vision", "--data", str(tiny_folder), "--split", "val", "--model", str(tmp_path / "model"),
-                     "--out", str(tmp_path / "report"), data_dir=tmp_path / "service")
+    refused = seesku(
+        "eval",
+        "vision",
+        "--data",
+        str(tiny_folder),
+        "--split",
+        "val",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "report"),
+        data_dir=tmp_path / "service",
+    )
     assert refused.returncode == 2 and "error:" in refused.stderr and "Traceback" not in refused.stderr
     # Another data set's val is fair game.
     other = tmp_path / "other"
     for product in COLOURS:
         for i in range(2):
             _photo(other / "val" / COARSE[product] / product / f"{i}.jpg", COLOURS[product], 1000 + i)
-    assert evaluate(tmp_path / "model", other, "val", tmp_path / "report", log=lambda m: None)["photos"] == 2 * len(COLOURS)
+    assert evaluate(tmp_path / "model", other, "val", tmp_path / "report", log=lambda m: None)["photos"] == 2 * len(
+        COLOURS
+    )
 
 
 def test_gallery_vote_weights_the_nearest_photos_by_softmax():
@@ -322,5 +378,7 @@ def test_gallery_vote_weights_the_nearest_photos_by_softmax():
     labels = np.array([0, 1, 1, 2])
     np.testing.assert_allclose(vote(similarity, labels, 3, 1, 0.1), [[1, 0, 0]])
     share = np.exp(np.array([0.9, 0.8]) / 0.1)
-    np.testing.assert_allclose(vote(similarity, labels, 3, 2, 0.1), [[share[0] / share.sum(), share[1] / share.sum(), 0]])
+    np.testing.assert_allclose(
+        vote(similarity, labels, 3, 2, 0.1), [[share[0] / share.sum(), share[1] / share.sum(), 0]]
+    )
     np.testing.assert_allclose(vote(similarity, labels, 3, 4, 100.0).sum(), 1.0)

@@ -3,7 +3,7 @@
 import ast
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,11 @@ from vision.files import atomic_path, atomic_write
 from vision.recommender import CHANNELS, EVENT_TYPES, Event, encode, read_events_csv
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE = [p for package in ("api", "vision", "training", "triton_models", "bench", "scripts")
-        for p in (ROOT / package).rglob("*.py")]
+CODE = [
+    p
+    for package in ("api", "vision", "training", "triton_models", "bench", "scripts")
+    for p in (ROOT / package).rglob("*.py")
+]
 
 
 def calls_in(path: Path, name: str, with_arguments: bool = False) -> int:
@@ -55,11 +58,13 @@ def test_events_csv_naive_timestamps_are_utc_for_the_service_and_the_trainer(tmp
     from training.recommender.data import read_events_file
 
     csv_file = tmp_path / "events.csv"
-    csv_file.write_text("# shopper events\nuser_id,product_id,type,channel,timestamp,event_id\n"
-                        "u1,Banana,view,app,2026-01-02T03:04:05,e1\n"
-                        "u1,Oatly-Oat-Milk,purchase,web,2026-01-02T03:04:05+01:00,e2\n")
+    csv_file.write_text(
+        "# shopper events\nuser_id,product_id,type,channel,timestamp,event_id\n"
+        "u1,Banana,view,app,2026-01-02T03:04:05,e1\n"
+        "u1,Oatly-Oat-Milk,purchase,web,2026-01-02T03:04:05+01:00,e2\n"
+    )
     events = read_events_csv(csv_file)
-    utc = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    utc = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
     assert [e.ts for e in events] == [utc - 3600, utc]  # in time order: the +01:00 one is the earlier
     service = CatalogService(make_settings(tmp_path / "data", load_samples=False))
     service.open()
@@ -79,8 +84,10 @@ def test_catalogue_csv_has_one_reader_for_the_service_and_the_export(tmp_path):
     from vision.export import read_catalog_photos
 
     csv_file = tmp_path / "catalog.csv"
-    csv_file.write_bytes("\ufeffproduct_id,name,fine_category,coarse_category,images\n"
-                         " Apfel ,Äpfel,Apple-Fine,Apple, a.jpg ; b.jpg;\n".encode("utf-8"))
+    csv_file.write_bytes(
+        "\ufeffproduct_id,name,fine_category,coarse_category,images\n"
+        " Apfel ,Äpfel,Apple-Fine,Apple, a.jpg ; b.jpg;\n".encode("utf-8")
+    )
     (row,) = read_catalog_csv(csv_file)
     assert (row.product_id, row.name, row.description, row.images) == ("Apfel", "Äpfel", "", ["a.jpg", "b.jpg"])
     photos = read_catalog_photos(csv_file)
@@ -98,7 +105,9 @@ def test_channels_and_event_types_of_the_api_are_the_models():
 
     assert [c.value for c in Channel] == CHANNELS[1:]
     assert list(get_args(EventType)) == EVENT_TYPES[1:]
-    inputs = encode([Event("u", "a", "cart", "kiosk", 1.0), Event("u", "b", "teleport", "fax", 2.0)], {"a": 1, "b": 2}, 5)
+    inputs = encode(
+        [Event("u", "a", "cart", "kiosk", 1.0), Event("u", "b", "teleport", "fax", 2.0)], {"a": 1, "b": 2}, 5
+    )
     assert inputs["channels"].tolist() == [[CHANNELS.index("kiosk"), 0]]  # unknown: 0, as padding
     assert inputs["types"].tolist() == [[EVENT_TYPES.index("cart"), 0]]
 
@@ -165,7 +174,9 @@ def test_resume_continues_the_saved_recipe_and_refuses_another_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         resume_state(last, {}, (), ())
     save_atomically({"config": {"data": "a", "lr": 0.1, "epochs": 5, "threads": 2}, "weights": torch.ones(1)}, last)
-    state, recipe = resume_state(last, {"data": "a", "lr": 0.5, "epochs": 9, "threads": 1}, ("data",), ("epochs", "threads"))
+    state, recipe = resume_state(
+        last, {"data": "a", "lr": 0.5, "epochs": 9, "threads": 1}, ("data",), ("epochs", "threads")
+    )
     assert recipe == {"data": "a", "lr": 0.1, "epochs": 9, "threads": 1} and state["weights"].item() == 1.0
     with pytest.raises(ValueError, match="different data"):
         resume_state(last, {"data": "b"}, ("data",), ())

@@ -83,7 +83,9 @@ def test_committed_model_reproduces_its_manifest():
     assert manifest.model_id.endswith("-ft") and len(manifest.data_checksum) == 64 and manifest.training
     assert manifest.command.startswith("seesku train vision")
     rows = list(csv.DictReader(open(REPO_ROOT / "samples" / "queries.csv")))
-    pixels = np.stack([load_image((REPO_ROOT / "samples" / r["image"]).read_bytes(), manifest.input.spec()) for r in rows])
+    pixels = np.stack(
+        [load_image((REPO_ROOT / "samples" / r["image"]).read_bytes(), manifest.input.spec()) for r in rows]
+    )
     emb, fine, _ = ort.InferenceSession(str(MODEL_DIR / manifest.onnx_file)).run(None, {"pixels": pixels})
     assert emb.shape == (len(rows), manifest.embedding_dim)
     top1 = np.mean([manifest.fine_labels[i] == r["fine_category"] for i, r in zip(fine.argmax(1), rows)])

@@ -71,8 +71,11 @@ def from_events(events: Sequence[Event], vocabulary: list[str] | None = None) ->
         seq[2].append(event_type_id(e.type))
     users = list(per_user.values())
     return Sequences(
-        [np.array(u[0], np.int64) for u in users], len(vocabulary),
-        [np.array(u[1], np.int64) for u in users], [np.array(u[2], np.int64) for u in users], vocabulary,
+        [np.array(u[0], np.int64) for u in users],
+        len(vocabulary),
+        [np.array(u[1], np.int64) for u in users],
+        [np.array(u[2], np.int64) for u in users],
+        vocabulary,
     )
 
 
@@ -81,5 +84,5 @@ def left_pad(values: np.ndarray, length: int) -> np.ndarray:
     values = values[-length:]
     out = np.zeros(length, dtype=np.int64)
     if len(values):
-        out[-len(values):] = values
+        out[-len(values) :] = values
     return out

@@ -36,8 +36,9 @@ def _arrays(seqs: Sequences, users: list[int], cut: int, max_len: int):
 
 
 @torch.no_grad()
-def evaluate(model: SequenceRecommender, seqs: Sequences, split: str, batch: int = 1024,
-             exclude_history: bool = True) -> dict[str, float]:
+def evaluate(
+    model: SequenceRecommender, seqs: Sequences, split: str, batch: int = 1024, exclude_history: bool = True
+) -> dict[str, float]:
     """HR@K and NDCG@K for K in 5, 10, 20, full ranking, on the `val` or `test` target of every user."""
     model.eval()
     cut = {"val": 2, "test": 1}[split]
@@ -91,8 +92,6 @@ class Ensemble(torch.nn.Module):
         return None, F.pad(mean, (1, 0), value=float("-inf"))  # column 0 is padding, never an answer
 
 
-
-
 class EvaluationRefused(ValueError):
     """Checkpoints that cannot be scored together, or not on that split."""
 
@@ -120,13 +119,21 @@ def evaluate_checkpoints(paths: list[Path], seqs: Sequences, split: str, data: s
     started = time.perf_counter()
     metrics = evaluate(recommender, seqs, split, exclude_history=exclude)
     members = [_describe(path, state) for path, (_, state) in zip(paths, loaded)]
-    result = {"data": data, "split": split, **members[0], "metrics": metrics,
-              "eval_s": round(time.perf_counter() - started, 1)}
+    result = {
+        "data": data,
+        "split": split,
+        **members[0],
+        "metrics": metrics,
+        "eval_s": round(time.perf_counter() - started, 1),
+    }
     if len(members) > 1:
-        result.update(model=[m["model"] for m in members], ensemble=members,
-                      best_epoch=[m["best_epoch"] for m in members],
-                      train_wall_s=sum(m["train_wall_s"] or 0.0 for m in members),
-                      train_command=[m["train_command"] for m in members])
+        result.update(
+            model=[m["model"] for m in members],
+            ensemble=members,
+            best_epoch=[m["best_epoch"] for m in members],
+            train_wall_s=sum(m["train_wall_s"] or 0.0 for m in members),
+            train_command=[m["train_command"] for m in members],
+        )
     result["protocol"] = (
         "leave-one-out; target ranked against all items"
         + ("; items already in the history excluded" if exclude else "")
@@ -139,7 +146,8 @@ def evaluate_checkpoints(paths: list[Path], seqs: Sequences, split: str, data: s
 def _describe(path: Path, state: dict) -> dict:
     history_file = path.parent / "history.json"
     return {
-        "model": str(path), "best_epoch": state["epoch"] + 1,
+        "model": str(path),
+        "best_epoch": state["epoch"] + 1,
         "train_wall_s": json.loads(history_file.read_text())["wall_s"] if history_file.exists() else None,
         "train_command": reproduce_command(state["config"]),
     }

@@ -34,30 +34,48 @@ output [
 """
 
 
-def export_recommender(checkpoint: Path, out_dir: Path, metrics: dict[str, float] | None = None, command: str = "") -> RecommenderManifest:
+def export_recommender(
+    checkpoint: Path, out_dir: Path, metrics: dict[str, float] | None = None, command: str = ""
+) -> RecommenderManifest:
     model, state = load(checkpoint)
     if not state["vocabulary"]:
-        raise ValueError("this checkpoint was trained on a sequence file without product ids; train with --from-events "
-                         "(or on a vocabulary) to serve it")
+        raise ValueError(
+            "this checkpoint was trained on a sequence file without product ids; train with --from-events "
+            "(or on a vocabulary) to serve it"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "1").mkdir(exist_ok=True)
     length = min(5, model.max_len)
-    example = (torch.randint(1, model.num_items + 1, (2, length)), torch.ones(2, length, dtype=torch.long),
-               torch.ones(2, length, dtype=torch.long))
+    example = (
+        torch.randint(1, model.num_items + 1, (2, length)),
+        torch.ones(2, length, dtype=torch.long),
+        torch.ones(2, length, dtype=torch.long),
+    )
     with atomic_path(out_dir / "1" / "model.onnx", suffix=".onnx") as tmp:
         batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=1, max=model.max_len)
         torch.onnx.export(
-            model, example, str(tmp), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            model,
+            example,
+            str(tmp),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
             dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES},
-            opset_version=18, dynamo=True, external_data=False,
+            opset_version=18,
+            dynamo=True,
+            external_data=False,
         )
         parity = _parity(model, tmp)
         if parity < 0.9999:
             raise RuntimeError(f"ONNX/torch score correlation {parity:.6f} < 0.9999")
     config = state["config"]
     manifest = RecommenderManifest(
-        model_id=f"seesku-sequence-recommender-d{config['dim']}", vocabulary=state["vocabulary"], max_len=config["max_len"],
-        dim=config["dim"], metrics={**(metrics or {}), "parity_min_correlation": parity}, command=command, data=config["data"],
+        model_id=f"seesku-sequence-recommender-d{config['dim']}",
+        vocabulary=state["vocabulary"],
+        max_len=config["max_len"],
+        dim=config["dim"],
+        metrics={**(metrics or {}), "parity_min_correlation": parity},
+        command=command,
+        data=config["data"],
     )
     manifest.save(out_dir)
     (out_dir / "config.pbtxt").write_text(CONFIG_PBTXT.format(dim=config["dim"], items=state["num_items"] + 1))
@@ -78,4 +96,3 @@ def _parity(model, onnx_path: Path) -> float:
         for a, b in zip(expected, got):
             worst = min(worst, float(np.corrcoef(a[1:], b[1:])[0, 1]))
     return worst
-

@@ -35,14 +35,17 @@ class CausalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).reshape(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout_p if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout_p if self.training else 0.0
+        )
         x = x + self.drop(self.proj(attended.transpose(1, 2).reshape(b, length, dim)))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
 class SequenceRecommender(nn.Module):
-    def __init__(self, num_items: int, dim: int = 64, max_len: int = 50, blocks: int = 2, heads: int = 2,
-                 dropout: float = 0.2):
+    def __init__(
+        self, num_items: int, dim: int = 64, max_len: int = 50, blocks: int = 2, heads: int = 2, dropout: float = 0.2
+    ):
         super().__init__()
         self.num_items, self.dim, self.max_len = num_items, dim, max_len
         self.items = nn.Embedding(num_items + 1, dim, padding_idx=0)
@@ -53,7 +56,7 @@ class SequenceRecommender(nn.Module):
         self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * 2, dim))
-        nn.init.normal_(self.items.weight, std=dim ** -0.5)
+        nn.init.normal_(self.items.weight, std=dim**-0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
 
@@ -61,7 +64,7 @@ class SequenceRecommender(nn.Module):
         """(B, L) ids, left-padded -> (B, L, dim) user vectors after each event."""
         length = items.shape[1]
         positions = torch.arange(length - 1, -1, -1, device=items.device).unsqueeze(0)
-        x = self.items(items) * self.dim ** 0.5 + self.positions(positions) + self.channels(channels) + self.types(types)
+        x = self.items(items) * self.dim**0.5 + self.positions(positions) + self.channels(channels) + self.types(types)
         # As in SASRec, padded positions are zeroed rather than masked as keys: padding is only on the left,
         # so a key mask would leave the first padded rows with nothing to attend to (NaN).
         x = self.dropout(x) * (items != 0).unsqueeze(-1)

@@ -55,8 +55,14 @@ def training_batch(seqs: Sequences, users: list[int], max_len: int, held_out: in
     return tuple(torch.from_numpy(np.stack(a)) for a in (xs, cs, ts, ys))
 
 
-def contrastive_loss(first: torch.Tensor, second: torch.Tensor, targets: torch.Tensor, temperature: float,
-                     generator: torch.Generator, limit: int = 1024) -> torch.Tensor:
+def contrastive_loss(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator,
+    limit: int = 1024,
+) -> torch.Tensor:
     """DuoRec's contrastive regulariser (Qiu et al., WSDM 2022), per position instead of per sequence.
 
     Why: with a tied item table, cross-entropy alone lets the user vectors (and so the item embeddings)
@@ -97,10 +103,46 @@ def trainable_users(seqs: Sequences, held_out: int = 2) -> list[int]:
     return [u for u in range(len(seqs)) if len(seqs.items[u]) >= held_out + 2]
 
 
-
 # A resumed run is the same run: the same data and model shape; it may be extended or given other threads.
 RESUME_SAME = ("data", "dim", "max_len", "fit_through")
 RESUME_KEEP = ("epochs", "threads", "out")
+
+
+def train_epoch(
+    model,
+    optimizer,
+    seqs: Sequences,
+    batches: list[list[int]],
+    config: RecommenderConfig,
+    held_out: int,
+    cl_generator: torch.Generator,
+    progress=None,
+) -> tuple[float, int]:
+    """One pass over `batches` of users: full softmax cross-entropy at every real position (plus the
+    contrastive regulariser when `cl_weight`). Returns the summed loss and the steps; `progress(step, steps,
+    mean loss)`."""
+    total, steps = 0.0, 0
+    for batch_users in batches:
+        x, c, t, y = training_batch(seqs, batch_users, config.max_len, held_out)
+        states = model.states(x, c, t)
+        valid = y != 0
+        users_now, targets = states[valid], y[valid]  # real positions only
+        logits = users_now @ model.items.weight.t()
+        logits[:, 0] = float("-inf")  # never predict padding
+        loss = F.cross_entropy(logits, targets)
+        if config.cl_weight:
+            second = model.states(x, c, t)[valid]  # same events, another dropout mask
+            loss = loss + config.cl_weight * contrastive_loss(
+                users_now, second, targets, config.cl_temperature, cl_generator
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        steps += 1
+        if progress:
+            progress(steps, len(batches), total / steps)
+    return total, steps
 
 
 def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=print, progress=None) -> Path:
@@ -130,45 +172,50 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
     started = time.perf_counter() - sum(h.get("seconds", 0.0) for h in history)
     for epoch in range(start, config.epochs):
         model.train()
-        batches = length_bucketed_batches(seqs, users, config.batch, np.random.default_rng(config.seed * 100_003 + epoch))
-        total, steps, epoch_started = 0.0, 0, time.perf_counter()
-        steps_total = len(batches)
-        for batch_users in batches:
-            x, c, t, y = training_batch(seqs, batch_users, config.max_len, held_out)
-            states = model.states(x, c, t)
-            valid = y != 0
-            users_now, targets = states[valid], y[valid]  # real positions only
-            logits = users_now @ model.items.weight.t()
-            logits[:, 0] = float("-inf")  # never predict padding
-            loss = F.cross_entropy(logits, targets)
-            if config.cl_weight:
-                second = model.states(x, c, t)[valid]  # same events, another dropout mask
-                loss = loss + config.cl_weight * contrastive_loss(users_now, second, targets, config.cl_temperature, cl_generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-            if progress:
-                progress(epoch, steps, steps_total, total / steps)
-        record = {"epoch": epoch + 1, "loss": total / max(1, steps), "seconds": round(time.perf_counter() - epoch_started, 1)}
+        batches = length_bucketed_batches(
+            seqs, users, config.batch, np.random.default_rng(config.seed * 100_003 + epoch)
+        )
+        epoch_started = time.perf_counter()
+        total, steps = train_epoch(
+            model,
+            optimizer,
+            seqs,
+            batches,
+            config,
+            held_out,
+            cl_generator,
+            (lambda step, total, loss: progress(epoch, step, total, loss)) if progress else None,
+        )
+        record = {
+            "epoch": epoch + 1,
+            "loss": total / max(1, steps),
+            "seconds": round(time.perf_counter() - epoch_started, 1),
+        }
         if held_out == 1:  # the refit has no validation left: its last epoch is the model
             if epoch + 1 == config.epochs:
-                save_atomically({"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]}, out / "best.pt")
+                save_atomically(
+                    {"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]},
+                    out / "best.pt",
+                )
         elif (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             val = evaluate(model, seqs, "val", exclude_history=config.exclude_history)
             record.update({f"val_{k}": v for k, v in val.items() if k != "users"})
             if record["val_ndcg@10"] > best:
                 best, stale = record["val_ndcg@10"], 0
-                save_atomically({"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]}, out / "best.pt")
+                save_atomically(
+                    {"model": model.state_dict(), **meta, "epoch": epoch, "history": history + [record]},
+                    out / "best.pt",
+                )
             else:
                 stale += 1
         history.append(record)
         log(json.dumps(record))
-        save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta, "epoch": epoch,
-                      "best": best, "stale": stale, "history": history}, last)
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta, "epoch": epoch}
+        save_atomically({**checkpoint, "best": best, "stale": stale, "history": history}, last)
         if stale >= config.patience:
             log(f"early stop: validation NDCG@10 has not improved for {stale} evaluations")
             break
-    (out / "history.json").write_text(json.dumps({"history": history, "wall_s": round(time.perf_counter() - started, 1)}, indent=2))
+    (out / "history.json").write_text(
+        json.dumps({"history": history, "wall_s": round(time.perf_counter() - started, 1)}, indent=2)
+    )
     return out / "best.pt"

@@ -82,8 +82,14 @@ class ShopperScorer(Protocol):
     def close(self) -> None: ...
 
 
-def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, triton_model: str = "product_embedder",
-                    timeout_s: float = 5.0, retries: int = 2) -> Embedder:
+def create_embedder(
+    inference: str,
+    model_dir: str | Path,
+    threads: int = 0,
+    triton_model: str = "product_embedder",
+    timeout_s: float = 5.0,
+    retries: int = 2,
+) -> Embedder:
     """inference: 'onnx' (in-process) or 'triton://host:grpc_port'; model_dir holds the manifest (and, for
     'onnx', the graph). threads applies to ONNX Runtime; the rest to Triton."""
     if inference == "onnx":
@@ -97,7 +103,9 @@ def create_embedder(inference: str, model_dir: str | Path, threads: int = 0, tri
     raise ValueError(f"unknown inference runtime {inference!r}; supported: {SUPPORTED}")
 
 
-def create_shopper_scorer(inference: str, model_dir: str | Path, timeout_s: float = 5.0, retries: int = 2) -> ShopperScorer:
+def create_shopper_scorer(
+    inference: str, model_dir: str | Path, timeout_s: float = 5.0, retries: int = 2
+) -> ShopperScorer:
     """The shopper model on the runtime `inference` names (as `create_embedder`); model_dir holds its manifest
     (and, for 'onnx', the graph)."""
     if inference == "onnx":

@@ -24,7 +24,12 @@ from vision.recommender import Event, RecommenderManifest, encode
 from vision.runtimes import BulkPlan, EmbedderOutput, EmbedderUnavailable
 
 # gRPC codes worth another try: the server restarting, a dropped connection, a full queue, a late answer.
-RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED"}
+RETRYABLE = {
+    "StatusCode.UNAVAILABLE",
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.CANCELLED",
+}
 HEALTH_CACHE_S = 1.0
 
 
@@ -59,14 +64,17 @@ class _TritonClient:
             from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
             from tritonclient.grpc.aio import InferenceServerClient
 
-            self._client = InferenceServerClient(self.url, channel_args=[
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-                # After Triton restarts, reconnect within a second or so, not gRPC's default of up to 2 min.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ])
+            self._client = InferenceServerClient(
+                self.url,
+                channel_args=[
+                    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    # After Triton restarts, reconnect within a second or so, not gRPC's default of up to 2 min.
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.min_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
         return self._client
 
     async def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
@@ -117,8 +125,14 @@ class _TritonClient:
 
 
 class TritonEmbedder(_TritonClient):
-    def __init__(self, url: str, model_dir: str | Path, model_name: str = "product_embedder",
-                 timeout_s: float = 5.0, retries: int = 2):
+    def __init__(
+        self,
+        url: str,
+        model_dir: str | Path,
+        model_name: str = "product_embedder",
+        timeout_s: float = 5.0,
+        retries: int = 2,
+    ):
         super().__init__(url, timeout_s, retries)
         self.model_dir = Path(model_dir)
         self.manifest = ModelManifest.load(model_dir)
@@ -142,7 +156,9 @@ class TritonEmbedder(_TritonClient):
         try:
             if not await client.is_model_ready(self.model_name, client_timeout=self.timeout_s):
                 raise EmbedderUnavailable(f"Triton at {self.url} has no ready model {self.model_name!r}")
-            config = (await client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s))["config"]
+            config = (await client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s))[
+                "config"
+            ]
         except EmbedderUnavailable:
             raise
         except Exception as exc:  # connection refused, deadline: tritonclient wraps them all
@@ -160,8 +176,18 @@ class TritonEmbedder(_TritonClient):
     def bulk_plan(self) -> BulkPlan:
         # The model runs on the server: the cores decode, one worker each with its own client, and their
         # batches in flight at once keep Triton's instances busy. gRPC must not be used in a forked child.
-        return BulkPlan(partial(TritonEmbedder, self.url, self.model_dir, self.model_name, timeout_s=self.timeout_s,
-                                retries=self.retries), os.cpu_count() or 1, fork_safe=False)
+        return BulkPlan(
+            partial(
+                TritonEmbedder,
+                self.url,
+                self.model_dir,
+                self.model_name,
+                timeout_s=self.timeout_s,
+                retries=self.retries,
+            ),
+            os.cpu_count() or 1,
+            fork_safe=False,
+        )
 
     @property
     def loaded(self) -> bool:
@@ -201,13 +227,18 @@ class TritonEmbedder(_TritonClient):
         return await asyncio.gather(*(self._infer(self.model_name, {INPUT_NAME: c}, OUTPUT_NAMES) for c in chunks))
 
 
-
 class TritonShopperScorer(_TritonClient):
     """The shopper model served by Triton (`user_recommender`): the history goes over the wire as three small
     int64 tensors, the scores come back for every product of the vocabulary."""
 
-    def __init__(self, url: str, model_dir: str | Path, model_name: str = "user_recommender",
-                 timeout_s: float = 5.0, retries: int = 2):
+    def __init__(
+        self,
+        url: str,
+        model_dir: str | Path,
+        model_name: str = "user_recommender",
+        timeout_s: float = 5.0,
+        retries: int = 2,
+    ):
         super().__init__(url, timeout_s, retries)
         self.manifest = RecommenderManifest.load(model_dir)
         self.model_name = model_name

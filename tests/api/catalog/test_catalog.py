@@ -93,7 +93,9 @@ def test_corrupt_snapshot_is_rebuilt(service):
 def test_model_change_reembeds_stored_photos(service):
     service.put_product(product("a"), [photo(0)])
     with sqlite3.connect(service.store.path) as conn:
-        conn.execute("UPDATE images SET model_id = 'old-model:0', embedding = ?", (np.zeros(1280, np.float32).tobytes(),))
+        conn.execute(
+            "UPDATE images SET model_id = 'old-model:0', embedding = ?", (np.zeros(1280, np.float32).tobytes(),)
+        )
     service.close()
     svc = reopen(service)
     assert not svc.store.stale_images(svc.model_id)
@@ -117,6 +119,7 @@ def test_many_photos_of_one_product_do_not_crowd_out_others(service):
 
 
 # -- the index on its own ------------------------------------------------------------------------
+
 
 def unit(n, d, seed=0):
     v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
@@ -188,6 +191,7 @@ def test_every_searching_thread_runs_faiss_on_one_openmp_thread():
 
 
 # -- ranking: category heads + embedding ----------------------------------------------------------
+
 
 def test_photo_owners_follow_every_write(service, monkeypatch):
     """The owner cache behind ranking: codes name the right products, deleted photos read as GONE (also

@@ -106,6 +106,11 @@ def test_recommendations_rank_the_catalogue_by_share_and_fall_back_to_popularity
     products = {p.product_id: p for p in service.store.all_products()}
     assert service.ranking.recommend({"a": 1.0, "b": 3.0, "gone": 9.0}, products, 2)[0][0] == "b"
     assert service.ranking.recommend({}, products, 2) == []
-    service.store.add_events([Event("u", "c", "view", "app", 1.0, "e1"), Event("u", "c", "view", "web", 2.0, "e2"),
-                              Event("u", "a", "view", "web", 3.0, "e3")])
+    service.store.add_events(
+        [
+            Event("u", "c", "view", "app", 1.0, "e1"),
+            Event("u", "c", "view", "web", 2.0, "e2"),
+            Event("u", "a", "view", "web", 3.0, "e3"),
+        ]
+    )
     assert service.ranking.popular(2) == [("c", pytest.approx(2 / 3)), ("a", pytest.approx(1 / 3))]

@@ -27,6 +27,7 @@ def search(client, data: bytes, **params):
 
 # -- search ---------------------------------------------------------------------------------------
 
+
 def test_search_contract(sample_client):
     resp = search(sample_client, QUERY.read_bytes(), k=5)
     assert resp.status_code == 200, resp.text
@@ -36,8 +37,15 @@ def test_search_contract(sample_client):
     assert len(body["matches"]) == 5
     first = body["matches"][0]
     assert set(first) == {
-        "product_id", "name", "category", "score", "visual_score", "category_probability", "personal_score",
-        "image_url", "thumbnail_url",
+        "product_id",
+        "name",
+        "category",
+        "score",
+        "visual_score",
+        "category_probability",
+        "personal_score",
+        "image_url",
+        "thumbnail_url",
     }
     for m in body["matches"]:  # the documented rule, with the default head weight 0.5
         assert m["score"] == pytest.approx(m["visual_score"] + 0.5 * m["category_probability"], abs=1e-5)
@@ -68,7 +76,8 @@ def test_search_raw_body_and_channel_header(sample_client):
 
 def test_search_form_fields(sample_client):
     resp = sample_client.post(
-        "/v1/search", files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
+        "/v1/search",
+        files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
         data={"k": "2", "category": "Tomato", "user_id": "shopper-1"},
     )
     assert resp.status_code == 200, resp.text
@@ -94,14 +103,23 @@ def test_every_validation_error_has_one_shape(sample_client):
 def test_search_options_query_wins_and_each_bad_one_is_named(sample_client):
     """The route validates its options itself (api.routers.search.search_params): the query string beats a
     form field, and every bad option is reported with where it came from."""
-    resp = sample_client.post("/v1/search?k=1", files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
-                              data={"k": "4"})
+    resp = sample_client.post(
+        "/v1/search?k=1", files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")}, data={"k": "4"}
+    )
     assert resp.status_code == 200 and len(resp.json()["matches"]) == 1
-    resp = sample_client.post("/v1/search?k=abc", files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
-                              data={"personal_weight": "11"}, headers={"X-Channel": "fax"})
+    resp = sample_client.post(
+        "/v1/search?k=abc",
+        files={"image": ("q.jpg", QUERY.read_bytes(), "image/jpeg")},
+        data={"personal_weight": "11"},
+        headers={"X-Channel": "fax"},
+    )
     error = assert_error(resp, 422, "validation_error")
     assert error["message"].startswith("query.k: ")
-    assert [d["loc"] for d in error["details"]] == [["query", "k"], ["body", "personal_weight"], ["header", "x-channel"]]
+    assert [d["loc"] for d in error["details"]] == [
+        ["query", "k"],
+        ["body", "personal_weight"],
+        ["header", "x-channel"],
+    ]
     # ... and the OpenAPI document still lists them, with the limits the route enforces
     operation = sample_client.get("/openapi.json").json()["paths"]["/v1/search"]["post"]
     params = {p["name"]: p for p in operation["parameters"]}
@@ -119,7 +137,12 @@ def test_search_category_filter_fine(sample_client):
 # -- bad input: a 4xx JSON error that says what was wrong, and the server keeps serving --------------
 
 BAD_SEARCHES = [
-    ("empty body", lambda c: c.post("/v1/search", content=b"", headers={"Content-Type": "image/jpeg"}), 422, "empty_image"),
+    (
+        "empty body",
+        lambda c: c.post("/v1/search", content=b"", headers={"Content-Type": "image/jpeg"}),
+        422,
+        "empty_image",
+    ),
     ("empty file", lambda c: search(c, b""), 422, "empty_image"),
     ("text named .jpg", lambda c: search(c, b"hello, I am not a photo\n" * 20), 422, "unreadable_image"),
     ("truncated JPEG", lambda c: search(c, SAMPLE_PHOTO.read_bytes()[:3000]), 422, "unreadable_image"),
@@ -129,9 +152,18 @@ BAD_SEARCHES = [
     ("k=0", lambda c: search(c, QUERY.read_bytes(), k=0), 422, "validation_error"),
     ("k=10000", lambda c: search(c, QUERY.read_bytes(), k=10000), 422, "validation_error"),
     ("unknown category", lambda c: search(c, QUERY.read_bytes(), category="Spaceships"), 422, "unknown_category"),
-    ("unknown channel", lambda c: c.post("/v1/search", files={"image": ("q.jpg", QUERY.read_bytes())},
-                                         headers={"X-Channel": "fax"}), 422, "validation_error"),
-    ("no image field", lambda c: c.post("/v1/search", files={"photo": ("q.jpg", QUERY.read_bytes())}), 422, "missing_image"),
+    (
+        "unknown channel",
+        lambda c: c.post("/v1/search", files={"image": ("q.jpg", QUERY.read_bytes())}, headers={"X-Channel": "fax"}),
+        422,
+        "validation_error",
+    ),
+    (
+        "no image field",
+        lambda c: c.post("/v1/search", files={"photo": ("q.jpg", QUERY.read_bytes())}),
+        422,
+        "missing_image",
+    ),
 ]
 
 
@@ -151,9 +183,16 @@ def test_unknown_product_and_image(sample_client):
 
 # -- products -------------------------------------------------------------------------------------
 
+
 def new_product(pid="Test-Oat-Milk", **extra):
-    return {"product_id": pid, "name": "Test Oat Milk", "fine_category": "Test-Oat-Milk",
-            "coarse_category": "Test-Milk", "description": "made up for a test", **extra}
+    return {
+        "product_id": pid,
+        "name": "Test Oat Milk",
+        "fine_category": "Test-Oat-Milk",
+        "coarse_category": "Test-Milk",
+        "description": "made up for a test",
+        **extra,
+    }
 
 
 def test_product_lifecycle_new_product_searchable_at_once(empty_client):
@@ -164,8 +203,10 @@ def test_product_lifecycle_new_product_searchable_at_once(empty_client):
     assert_error(c.post("/v1/products", json=new_product()), 409, "already_exists")
 
     photo = noise((400, 300), seed=3)
-    files = [("images", ("a.png", encode(photo, "PNG"), "image/png")),
-             ("images", ("b.jpg", SAMPLE_PHOTO.read_bytes(), "image/jpeg"))]
+    files = [
+        ("images", ("a.png", encode(photo, "PNG"), "image/png")),
+        ("images", ("b.jpg", SAMPLE_PHOTO.read_bytes(), "image/jpeg")),
+    ]
     resp = c.post("/v1/products/Test-Oat-Milk/images", files=files)
     assert resp.status_code == 201, resp.text
     added = resp.json()["added"]
@@ -192,8 +233,10 @@ def test_product_lifecycle_new_product_searchable_at_once(empty_client):
 def test_bad_photo_in_batch_adds_none(empty_client):
     c = empty_client
     c.post("/v1/products", json=new_product())
-    files = [("images", ("ok.png", encode(noise(), "PNG"), "image/png")),
-             ("images", ("broken.jpg", b"definitely not a jpeg", "image/jpeg"))]
+    files = [
+        ("images", ("ok.png", encode(noise(), "PNG"), "image/png")),
+        ("images", ("broken.jpg", b"definitely not a jpeg", "image/jpeg")),
+    ]
     err = assert_error(c.post("/v1/products/Test-Oat-Milk/images", files=files), 422, "unreadable_image")
     assert err["details"] == {"photo": 1, "filename": "broken.jpg"}
     assert c.get("/v1/products/Test-Oat-Milk").json()["images"] == []
@@ -222,7 +265,13 @@ def test_listing_paginates_and_filters(sample_client):
             break
     assert len(seen) == 81 and seen == sorted(seen)
     apples = sample_client.get("/v1/products", params={"category": "Apple"}).json()["items"]
-    assert {p["product_id"] for p in apples} == {"Golden-Delicious", "Granny-Smith", "Pink-Lady", "Red-Delicious", "Royal-Gala"}
+    assert {p["product_id"] for p in apples} == {
+        "Golden-Delicious",
+        "Granny-Smith",
+        "Pink-Lady",
+        "Red-Delicious",
+        "Royal-Gala",
+    }
     banana = sample_client.get("/v1/products/Banana").json()
     assert banana["coarse_category"] == "Banana" and len(banana["images"]) == 5 and banana["description"]
 

@@ -49,7 +49,9 @@ def client(tmp_path):
     root.mkdir()
     for p in PHOTOS[:3]:
         (root / p.name).write_bytes(p.read_bytes())
-    settings = make_settings(tmp_path / "data", load_samples=False, tagging_root=root, max_tagging_upload_bytes=15_000_000)
+    settings = make_settings(
+        tmp_path / "data", load_samples=False, tagging_root=root, max_tagging_upload_bytes=15_000_000
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -78,17 +80,25 @@ def test_csv_job_reads_under_the_allowed_root(client):
     assert job["state"] == "done" and job["done"] == 3
 
 
-@pytest.mark.parametrize("body, content_type, status, code", [
-    (zip_bytes([("ok.jpg", b"x"), ("../../etc/cron.d/evil.jpg", b"x")]), "application/zip", 400, "bad_tagging_input"),
-    (zip_bytes([("/abs/evil.jpg", b"x")]), "application/zip", 400, "bad_tagging_input"),
-    (b"PK\x03\x04 not a zip", "application/zip", 400, "bad_tagging_input"),
-    (zip_bytes([("notes.txt", b"hello")]), "application/zip", 400, "bad_tagging_input"),
-    (b"path\n../../etc/passwd\n", "text/csv", 400, "bad_tagging_input"),
-    (b"path\n/etc/passwd\n", "text/csv", 400, "bad_tagging_input"),
-    (b"file\na.jpg\n", "text/csv", 400, "bad_tagging_input"),
-    (b"", "application/zip", 400, "empty_upload"),
-    (b"hello", "text/plain", 415, "unsupported_media_type"),
-])
+@pytest.mark.parametrize(
+    "body, content_type, status, code",
+    [
+        (
+            zip_bytes([("ok.jpg", b"x"), ("../../etc/cron.d/evil.jpg", b"x")]),
+            "application/zip",
+            400,
+            "bad_tagging_input",
+        ),
+        (zip_bytes([("/abs/evil.jpg", b"x")]), "application/zip", 400, "bad_tagging_input"),
+        (b"PK\x03\x04 not a zip", "application/zip", 400, "bad_tagging_input"),
+        (zip_bytes([("notes.txt", b"hello")]), "application/zip", 400, "bad_tagging_input"),
+        (b"path\n../../etc/passwd\n", "text/csv", 400, "bad_tagging_input"),
+        (b"path\n/etc/passwd\n", "text/csv", 400, "bad_tagging_input"),
+        (b"file\na.jpg\n", "text/csv", 400, "bad_tagging_input"),
+        (b"", "application/zip", 400, "empty_upload"),
+        (b"hello", "text/plain", 415, "unsupported_media_type"),
+    ],
+)
 def test_bad_uploads_are_refused(client, body, content_type, status, code):
     resp = submit(client, body, content_type)
     assert resp.status_code == status, resp.text
@@ -147,4 +157,6 @@ def test_jobs_run_on_the_servers_worker_setting(tmp_path):
         assert client.app.state.jobs.tagger_factory(TagOptions(workers=3)).workers == 1
     with TestClient(create_app(make_settings(tmp_path / "all", load_samples=False))) as client:
         service = client.app.state.service
-        assert client.app.state.jobs.tagger_factory(TagOptions(workers=1)).workers == service.embedder.bulk_plan().workers
+        assert (
+            client.app.state.jobs.tagger_factory(TagOptions(workers=1)).workers == service.embedder.bulk_plan().workers
+        )

@@ -59,7 +59,10 @@ def test_tag_folder(folder, tmp_path, embedder):
     assert "blurry" in rows["blurred-third.jpg"]["flags"].split(";")
     assert "blurry" not in rows[PHOTOS[2].name]["flags"]
     first, second = PHOTOS[0].name, PHOTOS[1].name
-    assert rows[first]["duplicate_group"] and rows[first]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"]
+    assert (
+        rows[first]["duplicate_group"]
+        and rows[first]["duplicate_group"] == rows["nested/copy-of-first.jpg"]["duplicate_group"]
+    )
     assert rows[second]["duplicate_group"] == rows["nested/resized-second.png"]["duplicate_group"] != ""
     assert rows[first]["duplicate_group"] != rows[second]["duplicate_group"]
     assert rows[PHOTOS[5].name]["duplicate_group"] == ""
@@ -87,8 +90,19 @@ def test_seesku_tag_command(folder, tmp_path):
     # each threshold lands where it belongs: a layout correlation of 0.99999 keeps only the byte-exact copy, a
     # blur threshold this high flags every readable photo
     strict = tmp_path / "strict.csv"
-    done = seesku("tag", str(folder), "--out", str(strict), "--k", "0", "--layout-threshold", "0.99999",
-                  "--blur-threshold", "1000000", data_dir=tmp_path / "data")
+    done = seesku(
+        "tag",
+        str(folder),
+        "--out",
+        str(strict),
+        "--k",
+        "0",
+        "--layout-threshold",
+        "0.99999",
+        "--blur-threshold",
+        "1000000",
+        data_dir=tmp_path / "data",
+    )
     assert done.returncode == 0, done.stderr
     assert "1 near-duplicate groups" in done.stderr
     rows = read_csv(strict)
@@ -163,8 +177,12 @@ def test_stop_while_workers_run_ahead_returns_and_resumes(tmp_path, embedder):
         shutil.copy(PHOTOS[i % len(PHOTOS)], root / f"{i:02d}.jpg")
     items, out = list_items(root), tmp_path / "tags.csv"
     first_written = threading.Event()
-    stopped = within(120, lambda: Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(
-        items, out, progress=lambda done, total: done and first_written.set(), should_stop=first_written.is_set))
+    stopped = within(
+        120,
+        lambda: Tagger(embedder, options=TagOptions(batch=4, read_ahead=8)).run(
+            items, out, progress=lambda done, total: done and first_written.set(), should_stop=first_written.is_set
+        ),
+    )
     assert stopped.tagged_now == 4  # the first batch, then the stop
     assert len(read_csv(out)) == 4
     summary = Tagger(embedder, options=TagOptions(batch=4)).run(items, out)  # resumes to the end
@@ -221,10 +239,14 @@ def no_worker_left(seconds: float = 10.0) -> bool:
     return not multiprocessing.active_children()
 
 
-@pytest.mark.parametrize("bad_item, error", [(WorkerKillingItem, "worker process died"), (StallingItem, "longer than 4 s")],
-                         ids=["kills", "stalls"])
-def test_a_photo_that_kills_or_stalls_its_worker_is_reported_and_the_rest_are_tagged(folder, tmp_path, embedder,
-                                                                                       bad_item, error):
+@pytest.mark.parametrize(
+    "bad_item, error",
+    [(WorkerKillingItem, "worker process died"), (StallingItem, "longer than 4 s")],
+    ids=["kills", "stalls"],
+)
+def test_a_photo_that_kills_or_stalls_its_worker_is_reported_and_the_rest_are_tagged(
+    folder, tmp_path, embedder, bad_item, error
+):
     items = list_items(folder)
     items = [*items[:5], bad_item("bad.jpg", items[0].path), *items[5:]]
     out = tmp_path / "tags.csv"
@@ -249,8 +271,15 @@ def test_a_stop_is_seen_while_a_worker_stalls(folder, tmp_path, embedder):
             asked.append(time.monotonic())
         return len(asked) > 1
 
-    summary = within(60, lambda: Tagger(embedder, options=TagOptions(batch=4)).run(
-        items, tmp_path / "tags.csv", progress=lambda done, total: done and first_written.set(), should_stop=should_stop))
+    summary = within(
+        60,
+        lambda: Tagger(embedder, options=TagOptions(batch=4)).run(
+            items,
+            tmp_path / "tags.csv",
+            progress=lambda done, total: done and first_written.set(),
+            should_stop=should_stop,
+        ),
+    )
     assert summary.done == 4 and asked[1] - asked[0] < 5  # seen within the wait, not after the 300 s stall timeout
     assert no_worker_left()
 
@@ -270,6 +299,7 @@ def test_output_must_be_csv_or_jsonl(folder, tmp_path, embedder):
 
 # -- sources --------------------------------------------------------------------------------------
 
+
 def _zip(path, members):
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in members:  # name: a str or a ZipInfo (to set link bits)
@@ -278,8 +308,10 @@ def _zip(path, members):
 
 
 def test_zip_source(tmp_path, embedder):
-    archive = _zip(tmp_path / "photos.zip", [("a/one.jpg", PHOTOS[0].read_bytes()), ("two.jpg", PHOTOS[1].read_bytes()),
-                                            ("notes.txt", b"not a photo")])
+    archive = _zip(
+        tmp_path / "photos.zip",
+        [("a/one.jpg", PHOTOS[0].read_bytes()), ("two.jpg", PHOTOS[1].read_bytes()), ("notes.txt", b"not a photo")],
+    )
     items = list_items(archive)
     assert [i.key for i in items] == ["a/one.jpg", "two.jpg"]
     Tagger(embedder).run(items, tmp_path / "out.csv")

@@ -34,8 +34,11 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self.embedder = OnnxRuntimeEmbedder(model_folder(args), threads=int(parameters.get("intra_op_threads", "0")),
-                                            spinning=parameters.get("allow_spinning", "0") == "1")
+        self.embedder = OnnxRuntimeEmbedder(
+            model_folder(args),
+            threads=int(parameters.get("intra_op_threads", "0")),
+            spinning=parameters.get("allow_spinning", "0") == "1",
+        )
         self.embedder.load()
 
     def execute(self, requests):
@@ -48,7 +51,9 @@ class TritonPythonModel:
         responses, start = [], 0
         for batch in pixels:
             end = start + len(batch)
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(getattr(out, name)[start:end])) for name in OUTPUT_NAMES]
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(getattr(out, name)[start:end])) for name in OUTPUT_NAMES
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
         return responses
