@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import seesku
+from training.augment import pk_batches
 from training.data import load_photos
 from training.metrics import (
     confusion_matrix,
@@ -18,7 +19,6 @@ from training.metrics import (
     recall_at_k,
     topk_accuracy,
 )
-from training.augment import pk_batches
 from training.vision import TrainConfig, load_checkpoint, supcon_loss, train
 
 COLOURS = {"red-apple": (200, 30, 30), "green-pear": (40, 180, 60), "blue-carton": (40, 60, 200)}
