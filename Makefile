@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast lint triton bench export-onnx clean
+.PHONY: run test test-fast lint triton services services-stop bench export-onnx clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ triton: $(VENV)/.serve $(VENV)/.triton
 $(VENV)/.browser: | $(BIN)/python
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@
+
+# The servers several replicas share: PostgreSQL (Debian's package) in .services/, for development.
+services:
+	@scripts/postgres.sh start .services/postgres 54329
+
+services-stop:
+	scripts/postgres.sh stop .services/postgres
 
 run: $(VENV)/.serve
 	$(BIN)/seesku serve

@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.keys = KeyStore(settings.data_dir / "keys.sqlite3")
+    app.state.keys = KeyStore(settings.database())
     app.state.require_keys = (
         settings.require_keys if settings.require_keys is not None else not is_loopback(settings.host)
     )

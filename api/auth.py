@@ -16,18 +16,20 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import Request
+from sqlalchemy import Engine, insert, select, update
 
+from api.db.engine import reading
+from api.db.tables import api_keys
 from api.errors import ApiError
 
 SCOPES = ("search", "catalog:write", "admin")
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+KEY_FIELDS = (api_keys.c.key_id, api_keys.c.name, api_keys.c.scopes, api_keys.c.created, api_keys.c.revoked)
 
 
 @dataclass
@@ -40,18 +42,10 @@ class ApiKey:
 
 
 class KeyStore:
-    """API keys in their own SQLite file beside the catalogue."""
+    """API keys in the shared database (api/db/tables.py `api_keys`): every replica sees the same keys."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False)
-        self.lock = threading.Lock()
-        with self.lock, self.db:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, "
-                "secret_sha256 TEXT NOT NULL, created REAL NOT NULL, revoked REAL)"
-            )
+    def __init__(self, engine: Engine):
+        self.engine = engine
 
     def create(self, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
         bad = [s for s in scopes if s not in SCOPES]
@@ -59,46 +53,48 @@ class KeyStore:
             raise ValueError(f"unknown or missing scope(s) {bad}; choose from {list(SCOPES)}")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         key = ApiKey(key_id, name, sorted(set(scopes)), time.time())
-        with self.lock, self.db:
-            self.db.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                (key_id, name, " ".join(key.scopes), _digest(secret), key.created),
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(api_keys).values(
+                    key_id=key_id,
+                    name=name,
+                    scopes=" ".join(key.scopes),
+                    secret_sha256=_digest(secret),
+                    created=key.created,
+                )
             )
         return key, f"sk_{key_id}_{secret}"
 
     def list(self) -> list[ApiKey]:
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT key_id, name, scopes, created, revoked FROM api_keys ORDER BY created"
-            ).fetchall()
+        with reading(self.engine) as conn:
+            rows = conn.execute(select(*KEY_FIELDS).order_by(api_keys.c.created)).all()
         return [ApiKey(k, n, s.split(), c, r) for k, n, s, c, r in rows]
 
     def revoke(self, key_id: str) -> bool:
-        with self.lock, self.db:
-            return (
-                self.db.execute(
-                    "UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL", (time.time(), key_id)
-                ).rowcount
-                == 1
+        with self.engine.begin() as conn:
+            revoked = conn.execute(
+                update(api_keys)
+                .where((api_keys.c.key_id == key_id) & api_keys.c.revoked.is_(None))
+                .values(revoked=time.time())
             )
+            return revoked.rowcount == 1
 
     def check(self, token: str) -> ApiKey | None:
-        """The live key a presented token belongs to, or None."""
+        """The live key a presented token belongs to, or None. Read from the database on every request, so a
+        key revoked through one replica fails on every other at once."""
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "sk":
             return None
-        with self.lock:
-            row = self.db.execute(
-                "SELECT key_id, name, scopes, created, revoked, secret_sha256 FROM api_keys WHERE key_id = ?",
-                (parts[1],),
-            ).fetchone()
+        with reading(self.engine) as conn:
+            row = conn.execute(
+                select(*KEY_FIELDS, api_keys.c.secret_sha256).where(api_keys.c.key_id == parts[1])
+            ).first()
         if row is None or row[4] is not None or not hmac.compare_digest(row[5], _digest(parts[2])):
             return None
         return ApiKey(row[0], row[1], row[2].split(), row[3], row[4])
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        """Nothing to release: the engine belongs to the settings that made it."""
 
 
 def _digest(secret: str) -> str:

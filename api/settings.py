@@ -1,7 +1,8 @@
 """Service settings: environment variables prefixed `SEESKU_` (and a `.env` file), nowhere else.
 
 This is also the one place where settings become objects: the upload limits, the embedder and the shopper
-model (one runtime setting, `SEESKU_INFERENCE`), the catalogue store and the vector index (`SEESKU_INDEX`).
+model (one runtime setting, `SEESKU_INFERENCE`), the database (`SEESKU_DATABASE_URL`), the catalogue store on it
+and the vector index (`SEESKU_INDEX`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vision.preprocess import Limits
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from api.catalog.index import VectorIndex
     from api.catalog.store import CatalogStore
     from vision.runtimes import Embedder, ShopperScorer
@@ -38,6 +41,14 @@ class Settings(BaseSettings):
     inference_startup_wait_s: float = Field(60.0, ge=0, description="how long start-up waits for a remote embedder")
     triton_retries: int = Field(
         2, ge=0, le=10, description="retries of a Triton call that failed for want of the server"
+    )
+    database_url: str | None = Field(
+        None,
+        description="the database of the catalogue, events and API keys: `sqlite:///PATH` or "
+        "`postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB`; unset: `<data dir>/catalog.sqlite3`",
+    )
+    db_auto_upgrade: bool = Field(
+        True, description="migrate the database to this version's schema at start-up (else `seesku db upgrade`)"
     )
     index: Literal["faiss"] = Field("faiss", description="vector index: FAISS, files under the data dir")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
@@ -87,6 +98,7 @@ class Settings(BaseSettings):
     sample_catalog: Path = Field(REPO_ROOT / "samples" / "catalog.csv")
     host: str = "127.0.0.1"
     port: int = 8000
+    _engine: Engine | None = PrivateAttr(None)
 
     # -- settings as objects --------------------------------------------------------------------
     def limits(self) -> Limits:
@@ -114,10 +126,23 @@ class Settings(BaseSettings):
             return None
         return create_shopper_scorer(self.inference, self.recommender_dir, self.triton_timeout_s, self.triton_retries)
 
-    def create_store(self) -> CatalogStore:
-        from api.catalog.sqlite import SqliteCatalogStore
+    def database(self) -> Engine:
+        """The database engine (one per Settings), its schema checked or migrated, and a data dir's API keys
+        from before the shared database imported into it."""
+        if self._engine is None:
+            from api.db import legacy, migrate
+            from api.db.engine import create_engine, default_url
 
-        return SqliteCatalogStore(self.data_dir / "catalog.sqlite3")
+            engine = create_engine(self.database_url or default_url(self.data_dir))
+            migrate.prepare(engine, self.db_auto_upgrade)
+            legacy.import_keys_file(engine, self.data_dir)
+            self._engine = engine
+        return self._engine
+
+    def create_store(self) -> CatalogStore:
+        from api.catalog.sql import SqlCatalogStore
+
+        return SqlCatalogStore(self.database())
 
     def open_index(self, model_id: str, dim: int) -> tuple[VectorIndex, bool]:
         """The vector index `index` names, for the model's embeddings, and whether it kept its contents

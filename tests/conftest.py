@@ -1,12 +1,16 @@
 import csv
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -32,9 +36,9 @@ def sample_catalog_subset(out: Path, keep=lambda row: True, limit: int | None = 
     return chosen
 
 
-def seesku(*args, data_dir, **kwargs) -> subprocess.CompletedProcess:
+def seesku(*args, data_dir, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """The `seesku` command line, as a user runs it, on its own data dir."""
-    env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_ONNX_THREADS": "2"}
+    env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_ONNX_THREADS": "2", **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "api.cli", *args],
         cwd=REPO_ROOT,
@@ -44,6 +48,38 @@ def seesku(*args, data_dir, **kwargs) -> subprocess.CompletedProcess:
         timeout=300,
         **kwargs,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's package, started by scripts/postgres.sh) for the session."""
+    directory = Path(tempfile.mkdtemp(prefix="seesku-pg-"))  # not under pytest's tmp: its parents are 0700
+    script = str(REPO_ROOT / "scripts" / "postgres.sh")
+    started = subprocess.run(
+        [script, "start", str(directory), str(free_port())], capture_output=True, text=True, timeout=180
+    )
+    assert started.returncode == 0, started.stderr
+    yield started.stdout.strip()
+    subprocess.run([script, "stop", str(directory)], timeout=60)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def fresh_postgres_database(server_url: str) -> str:
+    """The URL of a new, empty database on the server."""
+    name = "t" + uuid.uuid4().hex[:12]
+    engine = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    """Each database the catalogue runs on: None for the embedded SQLite file, else a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        return None
+    return fresh_postgres_database(request.getfixturevalue("postgres_server"))
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:

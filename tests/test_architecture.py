@@ -83,7 +83,7 @@ def test_modules_and_functions_stay_small():
 @pytest.mark.parametrize(
     "protocol, implementations",
     [
-        ("api.catalog.store:CatalogStore", ["api.catalog.sqlite:SqliteCatalogStore"]),
+        ("api.catalog.store:CatalogStore", ["api.catalog.sql:SqlCatalogStore"]),
         ("api.catalog.index:VectorIndex", ["api.catalog.index:FaissIndex"]),
         (
             "vision.runtimes:Embedder",

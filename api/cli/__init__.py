@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from api.cli import catalog, evaluate, keys, serve, tag, train, triton
+from api.cli import catalog, db, evaluate, keys, serve, tag, train, triton
 
 app = typer.Typer(help="seesku: visual product recognition.", no_args_is_help=True, add_completion=False)
 app.command()(serve.serve)
@@ -16,6 +16,7 @@ app.add_typer(catalog.app, name="catalog")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(keys.app, name="keys")
+app.add_typer(db.app, name="db")
 app.add_typer(triton.app, name="triton")
 
 

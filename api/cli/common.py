@@ -23,10 +23,25 @@ def progress_bar(description: str, *fields: str) -> tuple[Progress, Callable[[in
     return progress, lambda done, total: progress.update(task, completed=done, total=total)
 
 
+def check_database(settings: Settings) -> None:
+    """Open the database (migrating it when allowed) or stop with what to do: a schema this version does not
+    know, or one to migrate with `seesku db upgrade`."""
+    from api.db.migrate import SchemaError
+
+    try:
+        settings.database()
+    except SchemaError as exc:
+        import typer
+
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def open_service(settings: Settings):
     """The catalogue of the data dir, opened (re-embedding photos stored by another model, with progress)."""
     from api.catalog.service import CatalogService
 
+    check_database(settings)
     service = CatalogService(settings)
     progress, update = progress_bar("re-embedding")
     with progress:

@@ -1,4 +1,4 @@
-"""`seesku keys create|list|revoke`: API keys of the data dir."""
+"""`seesku keys create|list|revoke`: API keys in the database (`SEESKU_DATABASE_URL`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from api.cli.common import check_database
 from api.settings import Settings
 
 app = typer.Typer(help="API keys (hashed at rest) with scopes: search, catalog:write, admin.", no_args_is_help=True)
@@ -14,7 +15,9 @@ app = typer.Typer(help="API keys (hashed at rest) with scopes: search, catalog:w
 def _key_store():
     from api.auth import KeyStore
 
-    return KeyStore(Settings().data_dir / "keys.sqlite3")
+    settings = Settings()
+    check_database(settings)
+    return KeyStore(settings.database())
 
 
 @app.command("create")

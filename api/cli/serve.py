@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from api.cli.common import check_database
 from api.settings import Settings
 
 
@@ -24,6 +25,7 @@ def serve(
     overrides = {name: value for name, value in (("host", host), ("port", port)) if value is not None}
     settings = Settings(**overrides)
     configure_logging()
+    check_database(settings)
     # seesku's own access log (JSON, request ids, no query strings or secrets) replaces uvicorn's.
     uvicorn.run(
         create_app(settings),

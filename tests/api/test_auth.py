@@ -23,7 +23,7 @@ def secured(tmp_path):
         rate_limit_burst=5,
         cors_origins=["https://shop.example"],
     )
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = KeyStore(settings.database())
     keys = {
         name: store.create(name, scopes)[1]
         for name, scopes in [("kiosk", ["search"]), ("merch", ["catalog:write"]), ("ops", ["admin"])]
@@ -67,7 +67,7 @@ def test_revoked_key_is_refused_at_once(secured, tmp_path):
     client, keys = secured
     key_id = keys["kiosk"].split("_")[1]
     assert client.get("/v1/categories", headers=auth(keys["kiosk"])).status_code == 200
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = KeyStore(make_settings(tmp_path).database())  # another process's view of the same database
     assert store.revoke(key_id)
     store.close()
     assert client.get("/v1/categories", headers=auth(keys["kiosk"])).status_code == 401
@@ -75,7 +75,7 @@ def test_revoked_key_is_refused_at_once(secured, tmp_path):
 
 def test_keys_are_hashed_at_rest(secured, tmp_path):
     _, keys = secured
-    dump = "\n".join(str(r) for r in sqlite3.connect(tmp_path / "keys.sqlite3").execute("SELECT * FROM api_keys"))
+    dump = "\n".join(str(r) for r in sqlite3.connect(tmp_path / "catalog.sqlite3").execute("SELECT * FROM api_keys"))
     for token in keys.values():
         assert token.split("_", 2)[2] not in dump
 

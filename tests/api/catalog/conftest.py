@@ -18,8 +18,10 @@ def photo(i: int) -> Photo:
 
 
 @pytest.fixture
-def service(tmp_path):
-    svc = CatalogService(make_settings(tmp_path, load_samples=False, index_save_interval_s=3600))
+def service(tmp_path, database_url):
+    """On each database: the embedded SQLite file and PostgreSQL."""
+    settings = make_settings(tmp_path, load_samples=False, index_save_interval_s=3600, database_url=database_url)
+    svc = CatalogService(settings)
     svc.open()
     yield svc
     svc.store.close()

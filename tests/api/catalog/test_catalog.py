@@ -1,9 +1,8 @@
 """Catalogue store and vector index: persistence, atomicity and recovery."""
 
-import sqlite3
-
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from api.catalog.index import FaissIndex
 from api.catalog.service import CatalogService, Photo, PhotoError
@@ -12,7 +11,10 @@ from tests.conftest import make_settings
 
 
 def reopen(service: CatalogService, **overrides) -> CatalogService:
-    svc = CatalogService(make_settings(service.settings.data_dir, load_samples=False, **overrides))
+    settings = service.settings
+    svc = CatalogService(
+        make_settings(settings.data_dir, load_samples=False, database_url=settings.database_url, **overrides)
+    )
     svc.open()
     return svc
 
@@ -75,9 +77,8 @@ def test_snapshot_naming_deleted_rows_is_repaired(service):
     service.put_product(product("a"), [photo(0)])
     service.put_product(product("b"), [photo(1)])
     service.save_index()
-    with sqlite3.connect(service.store.path) as conn:  # a change the index never saw
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("DELETE FROM products WHERE product_id = 'a'")
+    with service.store.engine.begin() as conn:  # a change the index never saw
+        conn.execute(text("DELETE FROM products WHERE product_id = 'a'"))
     svc = reopen(service)
     assert len(svc.index) == 1 and list(svc.index.ids()) == list(svc.store.image_ids())
 
@@ -92,9 +93,10 @@ def test_corrupt_snapshot_is_rebuilt(service):
 
 def test_model_change_reembeds_stored_photos(service):
     service.put_product(product("a"), [photo(0)])
-    with sqlite3.connect(service.store.path) as conn:
+    with service.store.engine.begin() as conn:
         conn.execute(
-            "UPDATE images SET model_id = 'old-model:0', embedding = ?", (np.zeros(1280, np.float32).tobytes(),)
+            text("UPDATE images SET model_id = 'old-model:0', embedding = :e"),
+            {"e": np.zeros(1280, np.float32).tobytes()},
         )
     service.close()
     svc = reopen(service)
@@ -196,8 +198,8 @@ def test_every_searching_thread_runs_faiss_on_one_openmp_thread():
 def test_photo_owners_follow_every_write(service, monkeypatch):
     """The owner cache behind ranking: codes name the right products, deleted photos read as GONE (also
     the ones never seen before), and a write starts a new generation without breaking codes already handed out."""
-    import api.catalog.sqlite as store_module
-    from api.catalog.sqlite import GONE
+    import api.catalog.sql as store_module
+    from api.catalog.sql import GONE
 
     monkeypatch.setattr(store_module, "SQL_VARIABLES", 2)  # look-ups in several statements
     service.put_product(product("a"), [photo(0), photo(1)])

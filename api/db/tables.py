@@ -1,0 +1,88 @@
+"""The tables of seesku's database, one schema for SQLite (the embedded default) and PostgreSQL.
+
+This is the shape the code reads and writes; the migrations in api/db/migrations build it, and
+tests/api/db/test_migrations.py checks that the two agree. Change a table here and add a migration there.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# 64-bit ids that are never reused (AUTOINCREMENT on SQLite, an identity column on PostgreSQL): a photo id
+# is also its vector's id in the index, so a reused id could bring a deleted photo's vector back.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+products = Table(
+    "products",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("fine_category", Text, nullable=False),
+    Column("coarse_category", Text, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("attributes", Text, nullable=False, server_default="{}"),  # JSON object
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("products_fine", "fine_category"),
+    Index("products_coarse", "coarse_category"),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("image_id", Id, primary_key=True, autoincrement=True),
+    Column("product_id", Text, ForeignKey("products.product_id", ondelete="CASCADE"), nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("embedding", LargeBinary, nullable=False),  # float32, little-endian
+    Column("model_id", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("product_id", "sha256"),
+    Index("images_product", "product_id"),
+    sqlite_autoincrement=True,
+)
+
+# What shoppers did, on every channel: one history per user_id. No foreign key to products: a product
+# deleted later stays in the history it is part of.
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("event_id", Text, unique=True),
+    Column("user_id", Text, nullable=False),
+    Column("product_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    Index("events_user", "user_id", "ts"),
+    sqlite_autoincrement=True,
+)
+
+# API keys: only the SHA-256 of a key's secret is stored (see api/auth.py).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("scopes", Text, nullable=False),  # space-separated
+    Column("secret_sha256", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("revoked", Float),
+)
