@@ -126,14 +126,20 @@ class Settings(BaseSettings):
             return None
         return create_shopper_scorer(self.inference, self.recommender_dir, self.triton_timeout_s, self.triton_retries)
 
+    def database_target(self) -> str:
+        """The database's URL: `database_url`, or the embedded SQLite file of the data dir."""
+        from api.db.engine import default_url
+
+        return self.database_url or default_url(self.data_dir)
+
     def database(self) -> Engine:
         """The database engine (one per Settings), its schema checked or migrated, and a data dir's API keys
         from before the shared database imported into it."""
         if self._engine is None:
             from api.db import legacy, migrate
-            from api.db.engine import create_engine, default_url
+            from api.db.engine import create_engine
 
-            engine = create_engine(self.database_url or default_url(self.data_dir))
+            engine = create_engine(self.database_target())
             migrate.prepare(engine, self.db_auto_upgrade)
             legacy.import_keys_file(engine, self.data_dir)
             self._engine = engine

@@ -16,12 +16,11 @@ from contextlib import contextmanager
 
 import numpy as np
 from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from api.catalog.records import AlreadyExists, ImageRecord, NewImage, NotFound, Product
 from api.catalog.sql_events import SqlEvents
 from api.db import tables as db
-from api.db.engine import reading
+from api.db.engine import dialect_insert, reading
 
 PRODUCT_FIELDS = ("name", "fine_category", "coarse_category", "description", "attributes")
 IMAGE_FIELDS = (
@@ -45,7 +44,7 @@ class SqlCatalogStore(SqlEvents):
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert = dialect_insert(engine)
         # Every read and write of this process is serialised: SQLite allows one writer anyway, the catalogue's
         # reads are point lookups, and the read caches below must never be filled from before the last commit.
         self._lock = threading.RLock()

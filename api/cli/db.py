@@ -10,10 +10,9 @@ app = typer.Typer(help="The database's schema: migrate it, or say where it stand
 
 
 def _engine():
-    from api.db.engine import create_engine, default_url
+    from api.db.engine import create_engine
 
-    settings = Settings()
-    return create_engine(settings.database_url or default_url(settings.data_dir))
+    return create_engine(Settings().database_target())
 
 
 @app.command("upgrade")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 
@@ -51,8 +52,9 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def dialect_insert(engine: Engine):
+    """The dialect's `insert`, which has ON CONFLICT (SQLite and PostgreSQL spell it alike)."""
+    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
 
 
 def reading(engine: Engine) -> Connection:

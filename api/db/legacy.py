@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.dialects import postgresql, sqlite
 
+from api.db.engine import dialect_insert
 from api.db.tables import api_keys
 
 log = logging.getLogger("seesku")
@@ -30,7 +30,7 @@ def import_keys_file(engine: Engine, data_dir: Path) -> int:
             else []
         )
     columns = ("key_id", "name", "scopes", "secret_sha256", "created", "revoked")
-    insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+    insert = dialect_insert(engine)
     with engine.begin() as conn:
         for row in rows:
             conn.execute(insert(api_keys).values(dict(zip(columns, row))).on_conflict_do_nothing())
