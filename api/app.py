@@ -12,9 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.auth import KeyStore, TokenBuckets, authorise, is_loopback
+from api.auth import KeyStore, authorise, is_loopback
 from api.catalog.csv_io import import_catalog_csv, import_events_csv
 from api.catalog.service import CatalogService
+from api.limits import create_rate_limits
 from api.middleware.logs import RequestLogMiddleware
 from api.middleware.metrics import Metrics, MetricsMiddleware
 from api.middleware.security_headers import SecurityHeadersMiddleware
@@ -95,7 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.require_keys = (
         settings.require_keys if settings.require_keys is not None else not is_loopback(settings.host)
     )
-    app.state.rate_limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.rate_limits = create_rate_limits(
+        settings.database(), settings.rate_limit_per_s, settings.rate_limit_burst
+    )
     if app.state.require_keys:
         log.info("API keys required (create one with `seesku keys create`)")
     else:

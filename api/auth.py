@@ -5,7 +5,7 @@ tokens, so a fast hash is enough and a leaked database reveals no usable key). S
 - `search`: shopper channels: search, events, recommendations, reading the catalogue;
 - `catalog:write`: merchandisers: product and photo changes, tagging jobs;
 - `admin`: everything, including /metrics.
-Each key has a token-bucket rate limit (429 with Retry-After).
+Each key has a token-bucket rate limit (429 with Retry-After; api/limits.py).
 Keys are required whenever the server listens on a non-loopback address (or SEESKU_REQUIRE_KEYS=true);
 the localhost demo of `make run` runs without them and says so at start.
 """
@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -110,32 +109,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class TokenBuckets:
-    """Per-caller token buckets: `rate` requests per second on average, bursts up to `burst`."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, caller: str) -> float:
-        """0 when allowed; otherwise the seconds until a token is free."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(caller, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[caller] = (tokens - 1, now)
-                return 0.0
-            self._buckets[caller] = (tokens, now)
-            return (1 - tokens) / self.rate
-
-
 def authorise(read_scope: str, write_scope: str | None = None):
     """A dependency: the caller's key must hold `read_scope` for reads and `write_scope` for writes
     (admin holds every scope); each key is rate limited."""
 
-    async def dependency(request: Request) -> ApiKey | None:
+    def dependency(
+        request: Request,
+    ) -> ApiKey | None:  # sync: FastAPI runs it off the event loop (it reads the database)
         state = request.app.state
         needed = read_scope if request.method in READ_METHODS or write_scope is None else write_scope
         key = None

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.catalog.records import AlreadyExists, NotFound, PhotoError, UnknownCategory, UnknownProducts
+from api.catalog.records import AlreadyExists, IndexUnavailable, NotFound, PhotoError, UnknownCategory, UnknownProducts
 from vision.preprocess import ImageError, ImageTooLargeError
 from vision.runtimes import EmbedderUnavailable
 
@@ -57,6 +58,23 @@ def install(app: FastAPI) -> None:
         # Nothing was written: catalogue writes embed before they touch the store.
         return error_response(
             503, "inference_unavailable", f"the model server cannot answer now: {exc}", headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _database(_: Request, exc: OperationalError):
+        # The database is down, restarting or unreachable: the transaction rolled back (or never began), so
+        # nothing is half-written, and the engine's pre-ping reconnects once it is back.
+        return error_response(
+            503,
+            "database_unavailable",
+            "the catalogue database cannot be reached now; retry",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(IndexUnavailable)
+    async def _index(_: Request, exc: IndexUnavailable):
+        return error_response(
+            503, "index_unavailable", f"the vector index cannot answer now: {exc}", headers={"Retry-After": "1"}
         )
 
     @app.exception_handler(NotFound)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from api.catalog.index import VectorIndex
+    from api.catalog.photos import PhotoStore
     from api.catalog.store import CatalogStore
     from vision.runtimes import Embedder, ShopperScorer
 
@@ -50,7 +51,20 @@ class Settings(BaseSettings):
     db_auto_upgrade: bool = Field(
         True, description="migrate the database to this version's schema at start-up (else `seesku db upgrade`)"
     )
-    index: Literal["faiss"] = Field("faiss", description="vector index: FAISS, files under the data dir")
+    photo_store: str | None = Field(
+        None,
+        description="where photo bytes live: `database`, or a folder every replica mounts; unset: the data dir's "
+        "`images/` on SQLite, the database on PostgreSQL",
+    )
+    index: str = Field(
+        "faiss",
+        pattern=r"^(faiss|milvus://[^/:]+:\d+)$",
+        description="vector index: `faiss` (in-process, files under the data dir) or `milvus://HOST:PORT`",
+    )
+    milvus_collection: str = Field("seesku_images", description="Milvus collection prefix (one per model)")
+    follow_interval_s: float = Field(
+        0.5, ge=0, description="how often a replica polls the catalogue's change log; 0 = only before searches"
+    )
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
@@ -150,14 +164,25 @@ class Settings(BaseSettings):
 
         return SqlCatalogStore(self.database())
 
+    def create_photo_store(self) -> PhotoStore:
+        from api.catalog.photos import DatabasePhotos, PhotoFiles
+
+        engine = self.database()
+        where = self.photo_store or ("database" if engine.dialect.name == "postgresql" else None)
+        if where == "database":
+            return DatabasePhotos(engine)
+        return PhotoFiles(Path(where) if where else self.data_dir / "images")
+
     def open_index(self, model_id: str, dim: int) -> tuple[VectorIndex, bool]:
         """The vector index `index` names, for the model's embeddings, and whether it kept its contents
         from the last run (False: empty, to be rebuilt from the store)."""
+        if self.index.startswith("milvus://"):
+            from api.catalog.milvus import open_milvus_index
+
+            return open_milvus_index(self.index, self.milvus_collection, model_id, dim)
         from api.catalog.index import open_faiss_index
 
-        if self.index == "faiss":
-            return open_faiss_index(self.data_dir / "index" / "images.faiss", model_id, dim, self.hnsw_threshold)
-        raise ValueError(f"unknown vector index {self.index!r}")
+        return open_faiss_index(self.data_dir / "index" / "images.faiss", model_id, dim, self.hnsw_threshold)
 
 
 @lru_cache

@@ -74,6 +74,43 @@ def fresh_postgres_database(server_url: str) -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
+class MilvusServer:
+    """A real Milvus server (scripts/milvus.sh: Milvus's C++ engine of the milvus-lite 2.5 wheel) on a free
+    port, its data in a directory of its own; it can be stopped and started again on the same port."""
+
+    SCRIPT = str(REPO_ROOT / "scripts" / "milvus.sh")
+
+    def __init__(self):
+        self.directory, self.port = Path(tempfile.mkdtemp(prefix="seesku-milvus-")), free_port()
+        self.url = f"milvus://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        started = subprocess.run(
+            [self.SCRIPT, "start", str(self.directory), str(self.port)], capture_output=True, text=True, timeout=120
+        )
+        assert started.returncode == 0, started.stderr
+
+    def stop(self) -> None:
+        subprocess.run([self.SCRIPT, "stop", str(self.directory)], timeout=60)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def milvus_server():
+    server = MilvusServer()
+    server.start()
+    yield server
+    server.close()
+
+
+def milvus_collection() -> str:
+    """A collection prefix of its own for each test on the shared server."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request) -> str | None:
     """Each database the catalogue runs on: None for the embedded SQLite file, else a fresh PostgreSQL one."""

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import faiss
 import numpy as np
 
+from api.catalog.records import IndexEntries
 from vision.files import atomic_write
 
 HNSW_M = 32
@@ -32,20 +33,34 @@ _openmp = threading.local()
 
 
 class VectorIndex(Protocol):
+    # One index for every replica (Milvus): each change is applied to it once per replica, idempotently.
+    # False: each replica holds its own copy (FAISS) and follows the catalogue's change log.
+    shared: bool
+    # The index filters by category itself (`search(..., categories=)`, from the entries' labels); False:
+    # the caller passes the allowed image ids.
+    filters_categories: bool
+
     def __len__(self) -> int: ...
 
     def ids(self) -> np.ndarray:
         """Every image id in the index."""
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        """The ids among `ids` that the index does not hold."""
+
+    def add(self, entries: IndexEntries) -> None:
+        """Add photos, or replace those the index holds already."""
 
     def remove(self, ids: Iterable[int]) -> None: ...
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids."""
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, categories: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids, `categories` to
+        photos of products in every one of those fine or coarse categories (filters_categories only)."""
 
-    def rebuild(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Replace the contents with (ids, vectors) batches (CatalogStore.iter_embeddings)."""
+    def rebuild(self, batches: Iterable[IndexEntries]) -> None:
+        """Make the contents the photos of these batches (CatalogStore.iter_entries)."""
 
     def needs_rebuild(self) -> bool:
         """Removals or growth have made a rebuild worthwhile."""
@@ -66,6 +81,9 @@ def _one_openmp_thread() -> None:
 
 
 class FaissIndex:
+    shared = False
+    filters_categories = False
+
     def __init__(self, dim: int, hnsw_threshold: int = 20_000, snapshot: Path | None = None, model_id: str = ""):
         self.dim = dim
         self.hnsw_threshold = hnsw_threshold
@@ -92,13 +110,14 @@ class FaissIndex:
     def is_hnsw(self) -> bool:
         return self._hnsw
 
-    def rebuild(self, batches) -> None:
-        """Replace the contents with (ids, vectors) batches, e.g. from CatalogStore.iter_embeddings."""
+    def rebuild(self, batches: Iterable[IndexEntries]) -> None:
+        """Replace the contents with these batches, e.g. from CatalogStore.iter_entries."""
         ids = [np.empty(0, np.int64)]
         vecs = [np.empty((0, self.dim), np.float32)]
-        for i, v in batches:
-            ids.append(i)
-            vecs.append(v)
+        for entries in batches:
+            if len(entries):
+                ids.append(entries.ids)
+                vecs.append(entries.vectors)
         all_ids, all_vecs = np.concatenate(ids), np.concatenate(vecs)
         index = self._new(hnsw=len(all_ids) > self.hnsw_threshold)
         _one_openmp_thread()
@@ -109,10 +128,11 @@ class FaissIndex:
             self._tombstones = set()
 
     # -- mutation -----------------------------------------------------------------------------
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if not len(ids):
+    def add(self, entries: IndexEntries) -> None:
+        """Add photos the index does not hold (a photo's vector never changes while the model stays)."""
+        if not len(entries):
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids, vectors = entries.ids, np.ascontiguousarray(entries.vectors, dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have {vectors.shape[1]} dimensions; the index has {self.dim}")
         _one_openmp_thread()
@@ -149,8 +169,18 @@ class FaissIndex:
                 all_ids = all_ids[~np.isin(all_ids, np.fromiter(self._tombstones, np.int64))]
             return all_ids
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            held = faiss.vector_to_array(self._index.id_map)
+        return ids[~np.isin(ids, held)]
+
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, categories: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for one query vector; `allowed` restricts to those image ids."""
+        if categories:
+            raise ValueError("FAISS does not filter by category: pass the allowed image ids")
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         _one_openmp_thread()
         with self._lock:

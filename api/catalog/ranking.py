@@ -128,22 +128,31 @@ class Ranking:
     ) -> list[Match]:
         """The k products with the most similar photos (a product scores as its best-matching photo),
         optionally only in `category` and in `within` (both fine or coarse category names)."""
-        allowed = self.store.image_ids(category) if category is not None else None
-        if within is not None:
-            inside = self.store.image_ids(within)
-            allowed = inside if allowed is None else np.intersect1d(allowed, inside)
-        if allowed is not None and not len(allowed):
-            return []
+        categories = [c for c in (category, within) if c is not None]
+        allowed = None
+        if categories and not self.index.filters_categories:
+            allowed = self.store.image_ids(categories[0])
+            for other in categories[1:]:
+                allowed = np.intersect1d(allowed, self.store.image_ids(other))
+            if not len(allowed):
+                return []
         limit = len(self.index) if allowed is None else len(allowed)
         fetch = min(limit, max(4 * k, 32))
+        if fetch == 0:
+            return []
         while True:
-            scores, ids = self.index.search(embedding, fetch, allowed)
+            if allowed is None:
+                scores, ids = self.index.search(embedding, fetch, categories=categories)
+            else:
+                scores, ids = self.index.search(embedding, fetch, allowed)
+            # an index that filters itself found fewer photos in the categories than were asked for: all of them
+            exhausted = allowed is None and bool(categories) and len(ids) < fetch
             codes, names = self.store.owner_codes(ids)
             live = codes >= 0  # GONE: deleted between the index and the store read
             scores, ids, codes = scores[live], ids[live], codes[live]
             # each product's best photo is its first in score order
             first = np.sort(np.unique(codes, return_index=True)[1])
-            if len(first) >= k or fetch >= limit:
+            if len(first) >= k or fetch >= limit or exhausted:
                 break
             fetch = min(limit, fetch * 4)
         top = first[:k]

@@ -43,6 +43,27 @@ class NewImage:
     height: int
     bytes: int
     embedding: np.ndarray
+    data: bytes | None = None  # the photo's bytes, when the database is the photo store
+
+
+@dataclass
+class IndexEntries:
+    """Photos as the vector index takes them: ids and vectors, and each photo's product and categories for
+    an index that filters by category itself (Milvus)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    product_ids: list[str] = field(default_factory=list)
+    fine: list[str] = field(default_factory=list)
+    coarse: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class IndexUnavailable(RuntimeError):
+    """The vector index (a Milvus server) cannot be reached; nothing was changed by the request that met it
+    unless the message says so."""
 
 
 class NotFound(KeyError):

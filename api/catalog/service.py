@@ -1,10 +1,12 @@
 """The catalogue service: start-up, the write path, and the reads the routers need.
 
 Write path (one lock, one transaction per change): decode and embed every photo first (a bad photo fails
-the request before anything is written), store the photo files (content-addressed, atomic rename), then
-one store transaction for the product and its photos' embeddings, then the vector index. A crash between
-the transaction and the index snapshot is repaired on the next start: `open()` compares the index's ids
-with the store's and rebuilds the index from the stored embeddings when they differ.
+the request before anything is written), store the photo files (content-addressed, atomic rename; or the
+bytes go into the transaction when the database is the photo store), then one store transaction for the
+product, its photos' embeddings and the change log, then the vector index catches up with the log
+(api/catalog/follow.py), as every other replica's does. A crash between the transaction and the index
+snapshot is repaired on the next start: `open()` compares the index's ids with the store's and rebuilds
+the index from the stored embeddings when they differ, then follows the log from before that comparison.
 
 The ranking rule is api/catalog/ranking.py; photo files and thumbnails api/catalog/photos.py; CSV import
 and export api/catalog/csv_io.py.
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from api.catalog.photos import PhotoFiles, Thumbnails
+from api.catalog.follow import ChangeFollower
+from api.catalog.photos import Thumbnails
 from api.catalog.ranking import Match, Ranking, top_labels
 from api.catalog.records import ImageRecord, NewImage, PhotoError, Product, UnknownCategory
 from api.settings import Settings
@@ -55,11 +58,14 @@ class CatalogService:
         self.spec = self.manifest.input.spec()
         self.limits = settings.limits()
         self.store = settings.create_store()
-        self.files = PhotoFiles(settings.data_dir / "images")
+        self.files = settings.create_photo_store()
         self.thumbnails = Thumbnails(settings.data_dir / "thumbs", self.files, self.limits)
         self.index = None
+        self.follower: ChangeFollower | None = None
         self.ranking: Ranking | None = None
-        self._write_lock = threading.Lock()  # one writer keeps store and index changes in the same order
+        # One writer at a time, and the index follows the log under the same lock, so store and index
+        # change in the same order.
+        self._write_lock = threading.RLock()
         self._last_save = 0.0
 
     # -- start-up -----------------------------------------------------------------------------
@@ -68,14 +74,19 @@ class CatalogService:
         self._load_embedder()
         self._reembed_stale(progress)
         index, restored = self.settings.open_index(self.model_id, self.manifest.embedding_dim)
+        cursor = self.store.change_head()  # before the comparison: what changes after it is followed
         stored = np.sort(self.store.image_ids())
         if not restored or not np.array_equal(np.sort(index.ids()), stored):
-            reason = "no usable snapshot" if not restored else "snapshot and catalogue disagree"
+            reason = "no usable snapshot" if not restored else "index and catalogue disagree"
             log.warning("rebuilding the vector index from %d stored embeddings (%s)", len(stored), reason)
-            index.rebuild(self.store.iter_embeddings())
+            index.rebuild(self.store.iter_entries())
             index.persist()
         self.index = index
         self.ranking = Ranking(self.store, index, self.manifest.fine_labels, self.settings.head_weight)
+        self.follower = ChangeFollower(self.store, index, self._write_lock, self.settings.follow_interval_s)
+        self.follower.start_at(cursor)
+        self.follower.catch_up()
+        self.follower.start()
         self._last_save = time.monotonic()
 
     def _load_embedder(self) -> None:
@@ -106,6 +117,8 @@ class CatalogService:
                 progress(start + len(chunk), len(stale))
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self.index is not None:
             self.index.persist()
         self.store.close()
@@ -139,6 +152,7 @@ class CatalogService:
                     height=header.height,
                     bytes=len(photo.data),
                     embedding=emb,
+                    data=photo.data if self.files.in_database else None,
                 )
                 prepared.append((new, photo.data))
         return prepared
@@ -147,14 +161,16 @@ class CatalogService:
         prepared = self.prepare(photos)
         with self._write_lock:  # files too: a concurrent delete must not drop a file being re-added
             self._write_files(prepared)
-            saved, added = self.store.upsert_product(product, [p[0] for p in prepared], self.model_id, create_only)
-            self._index_added(added, prepared)
+            saved, _ = self.store.upsert_product(product, [p[0] for p in prepared], self.model_id, create_only)
+            self._follow()
         return saved
 
     def update_product(self, product_id: str, changes: dict) -> Product:
         """Change a product's name, categories, description or attributes (its photos stay)."""
         with self._write_lock:
-            return self.store.update_product(product_id, changes)
+            updated = self.store.update_product(product_id, changes)
+            self._follow()  # an index that filters by category holds the product's categories
+            return updated
 
     def add_photos(self, product_id: str, photos: Sequence[Photo]) -> list[ImageRecord]:
         """Add photos to a product; returns those added (a photo it already has is skipped)."""
@@ -163,7 +179,7 @@ class CatalogService:
         with self._write_lock:
             self._write_files(prepared)
             added = self.store.add_images(product_id, [p[0] for p in prepared], self.model_id)
-            self._index_added(added, prepared)
+            self._follow()
         new_ids = {image_id for image_id, _ in added}
         return [im for im in self.product_images(product_id) if im.image_id in new_ids]
 
@@ -171,25 +187,22 @@ class CatalogService:
         for new, data in prepared:
             self.files.write(new.sha256, data)
 
-    def _index_added(self, added: list[tuple[int, int]], prepared) -> None:
-        if added:
-            ids = np.array([image_id for image_id, _ in added], np.int64)
-            self.index.add(ids, np.stack([prepared[pos][0].embedding for _, pos in added]))
+    def _follow(self) -> None:
+        """The index catches up with the change this process just committed (and any other replica's)."""
+        self.follower.catch_up()
         self._maybe_save()
 
     def delete_product(self, product_id: str) -> None:
         with self._write_lock:
             removed = self.store.delete_product(product_id)
-            self.index.remove([im.image_id for im in removed])
-            self._maybe_save()
             self._drop_files(removed)
+            self._follow()
 
     def delete_photo(self, product_id: str, image_id: int) -> None:
         with self._write_lock:
             removed = self.store.delete_image(product_id, image_id)
-            self.index.remove([image_id])
-            self._maybe_save()
             self._drop_files([removed])
+            self._follow()
 
     def _drop_files(self, images: Sequence[ImageRecord]) -> None:
         for im in images:
@@ -198,7 +211,7 @@ class CatalogService:
 
     def _maybe_save(self, force: bool = False) -> None:
         if self.index.needs_rebuild():
-            self.index.rebuild(self.store.iter_embeddings())
+            self.index.rebuild(self.store.iter_entries())
             force = True
         if force or time.monotonic() - self._last_save >= self.settings.index_save_interval_s:
             self.index.persist()
@@ -255,6 +268,7 @@ class CatalogService:
         """Photo bytes -> the ranked products and the categories; `personal`: the shopper model's scores
         (ShopperService.personal_scores) for personal re-ranking."""
         t0 = time.perf_counter()
+        self.follower.catch_up()  # every write acknowledged by any replica before this search is in it
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)
         pixels = load_image(data, self.spec, self.limits)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
 from api.catalog.records import AlreadyExists, ImageRecord, NewImage, NotFound, Product
+from api.catalog.sql_changes import IMAGE_ADDED, IMAGE_REMOVED, PRODUCT_CHANGED, SqlChangeLog
+from api.catalog.sql_embeddings import SQL_VARIABLES, SqlEmbeddings, vector_bytes
 from api.catalog.sql_events import SqlEvents
 from api.db import tables as db
 from api.db.engine import dialect_insert, reading
@@ -36,15 +39,16 @@ IMAGE_FIELDS = (
 
 CACHE_LIMIT = 200_000  # entries per read cache; past it the cache starts again (a bound, not an LRU)
 UNKNOWN, GONE = -2, -1  # photo-owner codes that are not products
-SQL_VARIABLES = 900  # host parameters per statement, under SQLite's oldest default limit (999)
 
 
-class SqlCatalogStore(SqlEvents):
+class SqlCatalogStore(SqlEvents, SqlChangeLog, SqlEmbeddings):
     """`CatalogStore` in a SQL database reached through one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self._insert = dialect_insert(engine)
+        self.origin = uuid.uuid4().hex  # this process in the change log
+        self._pending = []
         # Every read and write of this process is serialised: SQLite allows one writer anyway, the catalogue's
         # reads are point lookups, and the read caches below must never be filled from before the last commit.
         self._lock = threading.RLock()
@@ -67,12 +71,16 @@ class SqlCatalogStore(SqlEvents):
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        """One write transaction (on SQLite BEGIN IMMEDIATE: it waits for the write lock); clears the caches."""
+        """One write transaction (on SQLite BEGIN IMMEDIATE: it waits for the write lock) that appends what it
+        changed to the change log as it commits; clears the caches."""
         with self._lock:
+            self._pending = []
             try:
                 with self.engine.begin() as conn:
                     yield conn
+                    self._append_changes(conn)
             finally:
+                self._pending = []
                 self._clear_caches()
 
     @contextmanager
@@ -84,6 +92,11 @@ class SqlCatalogStore(SqlEvents):
     def _query(self, statement, params: dict | None = None) -> list:
         with self._read() as conn:
             return conn.execute(statement, params or {}).all()
+
+    def forget(self) -> None:
+        """Drop the read caches: another replica changed the catalogue (api/catalog/follow.py)."""
+        with self._lock:
+            self._clear_caches()
 
     def _clear_caches(self) -> None:
         self._category_images.clear()
@@ -161,6 +174,7 @@ class SqlCatalogStore(SqlEvents):
             statement = self._insert(db.products).values(values)
             changed = {k: statement.excluded[k] for k in (*PRODUCT_FIELDS, "updated_at")}
             conn.execute(statement.on_conflict_do_update(index_elements=["product_id"], set_=changed))
+            self._log(PRODUCT_CHANGED, product.product_id)
             ids = self._insert_images(conn, product.product_id, images, model_id, now)
         return self.get_product(product.product_id), ids
 
@@ -176,6 +190,7 @@ class SqlCatalogStore(SqlEvents):
                     .where(db.products.c.product_id == product_id)
                     .values(**changes, updated_at=time.time())
                 )
+                self._log(PRODUCT_CHANGED, product_id)
         return self.get_product(product_id)
 
     def delete_product(self, product_id: str) -> list[ImageRecord]:
@@ -184,6 +199,9 @@ class SqlCatalogStore(SqlEvents):
             removed = _images(conn, db.images.c.product_id == product_id)
             if conn.execute(delete(db.products).where(db.products.c.product_id == product_id)).rowcount == 0:
                 raise NotFound(product_id)
+            self._log(PRODUCT_CHANGED, product_id)
+            for im in removed:
+                self._log(IMAGE_REMOVED, product_id, im.image_id)
         return removed
 
     # -- images -------------------------------------------------------------------------------
@@ -206,13 +224,16 @@ class SqlCatalogStore(SqlEvents):
                     "width": im.width,
                     "height": im.height,
                     "bytes": im.bytes,
-                    "embedding": _vector_bytes(im.embedding),
+                    "embedding": vector_bytes(im.embedding),
                     "model_id": model_id,
                     "created_at": now,
                 },
             ).first()
             if row is not None:
                 added.append((row[0], position))
+                self._log(IMAGE_ADDED, product_id, row[0])
+                if im.data is not None:
+                    conn.execute(self._insert(db.photo_data).values(image_id=row[0], data=im.data))
         return added
 
     def add_images(self, product_id: str, images: Sequence[NewImage], model_id: str) -> list[tuple[int, int]]:
@@ -246,6 +267,7 @@ class SqlCatalogStore(SqlEvents):
             if not found:
                 raise NotFound(f"{product_id}/{image_id}")
             conn.execute(delete(db.images).where(db.images.c.image_id == image_id))
+            self._log(IMAGE_REMOVED, product_id, image_id)
         return found[0]
 
     def sha_in_use(self, sha256: str) -> bool:
@@ -299,37 +321,11 @@ class SqlCatalogStore(SqlEvents):
                 codes = table[image_ids]
             return codes, names
 
-    # -- embeddings ---------------------------------------------------------------------------
-    def iter_embeddings(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) in batches, for rebuilding the index."""
-        last = -1
-        page = (
-            select(db.images.c.image_id, db.images.c.embedding)
-            .where(db.images.c.image_id > bindparam("last"))
-            .order_by(db.images.c.image_id)
-            .limit(batch)
-        )
-        while True:
-            rows = self._query(page, {"last": last})
-            if not rows:
-                return
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-            last = int(ids[-1])
-
+    # -- embeddings (the rest is in api/catalog/sql_embeddings.py) --------------------------------
     def stale_images(self, model_id: str) -> list[ImageRecord]:
         """Photos embedded by another model than the one now served."""
         with self._read() as conn:
             return _images(conn, db.images.c.model_id != model_id)
-
-    def set_embeddings(self, image_ids: Sequence[int], embeddings: np.ndarray, model_id: str) -> None:
-        statement = (
-            update(db.images)
-            .where(db.images.c.image_id == bindparam("id"))
-            .values(embedding=bindparam("vector"), model_id=model_id)
-        )
-        with self._tx() as conn:
-            conn.execute(statement, [{"id": int(i), "vector": _vector_bytes(e)} for i, e in zip(image_ids, embeddings)])
 
     # -- categories ---------------------------------------------------------------------------
     def categories(self) -> list[tuple[str, str, int]]:
@@ -361,7 +357,3 @@ def _images(conn: Connection, where) -> list[ImageRecord]:
 
 def _id_array(rows: list) -> np.ndarray:
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-
-def _vector_bytes(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()

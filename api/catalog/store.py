@@ -1,8 +1,9 @@
 """The catalogue store: the one source of truth for products, photos, their embeddings and shopper events.
 
-`CatalogStore` is the contract every layer above uses; `SqliteCatalogStore` (api/catalog/sqlite.py) is the
-embedded implementation, chosen by `Settings.create_store()`. Every write is one transaction, so a crash
-never leaves half a product behind; reads may be cached by the store until its next write.
+`CatalogStore` is the contract every layer above uses; `SqlCatalogStore` (api/catalog/sql.py, SQLite or
+PostgreSQL) implements it, made by `Settings.create_store()`. Every write is one transaction, so a crash
+never leaves half a product behind, and appends what it changed to the change log that every replica
+follows (api/catalog/follow.py); reads may be cached until the next change.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ from typing import Protocol
 
 import numpy as np
 
-from api.catalog.records import AlreadyExists, ImageRecord, NewImage, NotFound, Product
+from api.catalog.records import AlreadyExists, ImageRecord, IndexEntries, NewImage, NotFound, Product
+from api.catalog.sql_changes import Change
 from vision.recommender import Event
 
 __all__ = ["AlreadyExists", "CatalogStore", "Event", "ImageRecord", "NewImage", "NotFound", "Product"]
 
 
 class CatalogStore(Protocol):
+    origin: str  # this process's name in the change log
+
     def close(self) -> None: ...
+
+    def forget(self) -> None:
+        """Drop the read caches (another replica changed the catalogue)."""
 
     # -- products -----------------------------------------------------------------------------
     def get_product(self, product_id: str) -> Product:
@@ -66,13 +73,25 @@ class CatalogStore(Protocol):
         """For each photo id a product code (-1: the photo is gone) and the product id of each code."""
 
     # -- embeddings ---------------------------------------------------------------------------
-    def iter_embeddings(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of every photo in batches, for rebuilding the index."""
+    def iter_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
+        """Every photo as the index takes it, in batches, for rebuilding the index."""
+
+    def entries_of(self, image_ids: Sequence[int]) -> IndexEntries:
+        """The photos among `image_ids` that still exist, as the index takes them."""
 
     def stale_images(self, model_id: str) -> list[ImageRecord]:
         """Photos embedded by another model than `model_id`."""
 
     def set_embeddings(self, image_ids: Sequence[int], embeddings: np.ndarray, model_id: str) -> None: ...
+
+    # -- the change log -----------------------------------------------------------------------
+    def change_head(self) -> int:
+        """The newest change's sequence number (0: none)."""
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """The changes after `seq`, in commit order."""
+
+    def prune_changes(self, older_than_s: float) -> int: ...
 
     # -- categories ---------------------------------------------------------------------------
     def categories(self) -> list[tuple[str, str, int]]:

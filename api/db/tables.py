@@ -86,3 +86,37 @@ api_keys = Table(
     Column("created", Float, nullable=False),
     Column("revoked", Float),
 )
+
+# The catalogue's change log: every transaction that adds or removes a photo or changes a product appends
+# its changes here, in commit order (PostgreSQL writers take CHANGE_LOG_LOCK before appending). Replicas
+# follow it to keep their own vector index and read caches in step with the others (api/catalog/follow.py).
+catalog_changes = Table(
+    "catalog_changes",
+    metadata,
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("origin", Text, nullable=False),  # the process that wrote it: it has applied it already
+    Column("kind", Text, nullable=False),  # image_added | image_removed | product
+    Column("product_id", Text, nullable=False),
+    Column("image_id", BigInteger),
+    Column("at", Float, nullable=False),
+    Index("catalog_changes_at", "at"),
+    sqlite_autoincrement=True,
+)
+
+# Photo bytes kept in the database, when it is the photo store (api/catalog/photos.py): one row per photo,
+# gone with it in the same transaction.
+photo_data = Table(
+    "photo_data",
+    metadata,
+    Column("image_id", Id, ForeignKey("images.image_id", ondelete="CASCADE"), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# Token buckets of the rate limit, shared by the replicas of one PostgreSQL database (api/limits.py).
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("caller", Text, primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+)

@@ -24,4 +24,5 @@ def service(tmp_path, database_url):
     svc = CatalogService(settings)
     svc.open()
     yield svc
+    svc.follower.stop()
     svc.store.close()

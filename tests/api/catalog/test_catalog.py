@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy import text
 
 from api.catalog.index import FaissIndex
+from api.catalog.records import IndexEntries
 from api.catalog.service import CatalogService, Photo, PhotoError
 from tests.api.catalog.conftest import photo, product
 from tests.conftest import make_settings
@@ -49,7 +50,8 @@ def test_delete_removes_vectors_and_files(service):
     sha = service.store.images_of(["a"])["a"][0].sha256
     service.delete_product("a")
     assert len(service.index) == 1
-    assert not service.files.path(sha).exists()
+    with pytest.raises(FileNotFoundError):  # its file, or its bytes in the database, went with it
+        service.files.read(sha)
     emb = service.prepare([photo(0)])[0][0].embedding
     assert [m.product.product_id for m in service.ranking.nearest_products(emb, 5)] == ["b"]
 
@@ -132,7 +134,7 @@ def unit(n, d, seed=0):
 def test_index_add_remove_search_save_load(tmp_path, threshold):
     vecs = unit(200, 32)
     index = FaissIndex(32, threshold)
-    index.rebuild([(np.arange(200, dtype=np.int64), vecs)])
+    index.rebuild([IndexEntries(np.arange(200, dtype=np.int64), vecs)])
     assert index.is_hnsw == (threshold == 10)
     scores, ids = index.search(vecs[7], 3)
     assert ids[0] == 7 and scores[0] == pytest.approx(1.0, abs=1e-5)
@@ -148,7 +150,7 @@ def test_index_add_remove_search_save_load(tmp_path, threshold):
 
 def test_hnsw_tombstones_trigger_rebuild():
     index = FaissIndex(16, hnsw_threshold=10)
-    index.rebuild([(np.arange(50, dtype=np.int64), unit(50, 16))])
+    index.rebuild([IndexEntries(np.arange(50, dtype=np.int64), unit(50, 16))])
     index.remove(range(5))
     assert not index.needs_rebuild()
     index.remove(range(5, 15))
@@ -160,7 +162,7 @@ def test_hnsw_filter_and_tombstones_together():
 
     vecs = unit(100, 16, seed=1)
     index = FaissIndex(16, hnsw_threshold=10)
-    index.rebuild([(np.arange(100, dtype=np.int64), vecs)])
+    index.rebuild([IndexEntries(np.arange(100, dtype=np.int64), vecs)])
     index.remove([3])
     gc.collect()
     for _ in range(20):
@@ -176,7 +178,7 @@ def test_every_searching_thread_runs_faiss_on_one_openmp_thread():
     import faiss
 
     index = FaissIndex(16)
-    index.rebuild([(np.arange(20, dtype=np.int64), unit(20, 16))])
+    index.rebuild([IndexEntries(np.arange(20, dtype=np.int64), unit(20, 16))])
     seen = {}
 
     def worker():

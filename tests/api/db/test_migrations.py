@@ -69,8 +69,9 @@ def test_data_dir_from_before_the_migrations_upgrades_in_place(tmp_path):
     assert store.get_product("p1").attributes == {"fat": "3%"}
     assert sorted(store.image_ids().tolist()) == [1, 2]
     assert [e.event_id for e in store.history("u")] == ["e1"]
-    ids, vectors = next(store.iter_embeddings())
-    assert ids.tolist() == [1, 2] and np.allclose(vectors, 0.5)
+    entries = next(store.iter_entries())
+    assert entries.ids.tolist() == [1, 2] and np.allclose(entries.vectors, 0.5)
+    assert entries.product_ids == ["p1", "p1"]
     # photo ids stay never reused: the next photo is 4, not the 3 that was deleted
     photo = NewImage("b1", "image/jpeg", 4, 4, 10, np.zeros(8, np.float32))
     assert store.add_images("p2", [photo], "m:1") == [(4, 0)]
