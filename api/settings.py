@@ -62,6 +62,7 @@ class Settings(BaseSettings):
         description="vector index: `faiss` (in-process, files under the data dir) or `milvus://HOST:PORT`",
     )
     milvus_collection: str = Field("seesku_images", description="Milvus collection prefix (one per model)")
+    index_timeout_s: float = Field(3.0, gt=0, description="deadline of one Milvus call, retries included (503 after)")
     follow_interval_s: float = Field(
         0.5, ge=0, description="how often a replica polls the catalogue's change log; 0 = only before searches"
     )
@@ -179,7 +180,7 @@ class Settings(BaseSettings):
         if self.index.startswith("milvus://"):
             from api.catalog.milvus import open_milvus_index
 
-            return open_milvus_index(self.index, self.milvus_collection, model_id, dim)
+            return open_milvus_index(self.index, self.milvus_collection, model_id, dim, self.index_timeout_s)
         from api.catalog.index import open_faiss_index
 
         return open_faiss_index(self.data_dir / "index" / "images.faiss", model_id, dim, self.hnsw_threshold)

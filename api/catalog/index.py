@@ -42,6 +42,9 @@ class VectorIndex(Protocol):
 
     def __len__(self) -> int: ...
 
+    def check(self) -> None:
+        """Raise IndexUnavailable when the index cannot take a change now (a write asks before it commits)."""
+
     def ids(self) -> np.ndarray:
         """Every image id in the index."""
 
@@ -105,6 +108,9 @@ class FaissIndex:
     def _use(self, index: faiss.IndexIDMap2) -> None:
         # Its kind is read once here: downcast_index on every search cost about 0.05 ms a query.
         self._index, self._hnsw = index, isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)
+
+    def check(self) -> None:
+        """In this process: always there."""
 
     @property
     def is_hnsw(self) -> bool:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
+import uuid
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -37,12 +39,13 @@ def _unavailable(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except MilvusException as exc:
-            raise IndexUnavailable(f"milvus at {self.uri}: {exc.message}") from exc
-        except Exception as exc:  # grpc errors, connection refused, timeouts
-            if type(exc).__module__.startswith(("grpc", "pymilvus")):
-                raise IndexUnavailable(f"milvus at {self.uri}: {exc}") from exc
-            raise
+        except Exception as exc:  # MilvusException, grpc errors: connection refused, timeouts
+            if not isinstance(exc, MilvusException) and not type(exc).__module__.startswith(("grpc", "pymilvus")):
+                raise
+            # A gRPC channel that failed waits ever longer (up to 2 minutes) before it tries the server again:
+            # the next call starts a new one, so a replica is back as soon as Milvus is.
+            self._drop_client()
+            raise IndexUnavailable(f"milvus at {self.uri}: {getattr(exc, 'message', exc)}") from exc
 
     return wrapper
 
@@ -56,15 +59,37 @@ class MilvusIndex:
     shared = True
     filters_categories = True
 
-    def __init__(self, uri: str, collection: str, dim: int, timeout_s: float = 5.0):
+    def __init__(self, uri: str, collection: str, dim: int, timeout_s: float = 3.0):
         self.uri, self.collection, self.dim, self.timeout_s = uri, collection, dim, timeout_s
-        self.client = MilvusClient(uri=uri, timeout=timeout_s)
+        # pymilvus retries a failed call until `timeout` seconds have passed, but only an int counts (a float
+        # falls back to 75 retries, minutes against a server that is down).
+        self._rpc = {"timeout": max(1, round(timeout_s))}
+        self._client: MilvusClient | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> MilvusClient:
+        with self._client_lock:
+            if self._client is None:
+                # a connection of its own: pymilvus shares one per URI otherwise, and closing it closes it for all
+                alias = f"seesku-{uuid.uuid4().hex}"
+                self._client = MilvusClient(uri=self.uri, timeout=self.timeout_s, alias=alias)
+            return self._client
+
+    def _drop_client(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a broken channel may fail too; it is gone either way
+                pass
 
     @_unavailable
     def ensure_collection(self) -> bool:
         """Create the collection unless it exists; whether it existed."""
-        if self.client.has_collection(self.collection, timeout=self.timeout_s):
-            self.client.load_collection(self.collection, timeout=self.timeout_s)
+        if self.client.has_collection(self.collection, **self._rpc):
+            self.client.load_collection(self.collection, **self._rpc)
             return True
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
@@ -73,18 +98,19 @@ class MilvusIndex:
             schema.add_field(label, DataType.VARCHAR, max_length=LABEL_LENGTH)
         params = self.client.prepare_index_params()
         params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
-        self.client.create_collection(
-            self.collection, schema=schema, index_params=params, timeout=self.timeout_s, **STRONG
-        )
-        self.client.load_collection(self.collection, timeout=self.timeout_s)
+        self.client.create_collection(self.collection, schema=schema, index_params=params, **self._rpc, **STRONG)
+        self.client.load_collection(self.collection, **self._rpc)
         return False
+
+    @_unavailable
+    def check(self) -> None:
+        if not self.client.has_collection(self.collection, **self._rpc):
+            raise IndexUnavailable(f"milvus at {self.uri} has no collection {self.collection}")
 
     # -- reads --------------------------------------------------------------------------------
     @_unavailable
     def __len__(self) -> int:
-        rows = self.client.query(
-            self.collection, filter="", output_fields=["count(*)"], timeout=self.timeout_s, **STRONG
-        )
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], **self._rpc, **STRONG)
         return int(rows[0]["count(*)"])
 
     @_unavailable
@@ -92,12 +118,7 @@ class MilvusIndex:
         found, last = [], -1
         while True:
             rows = self.client.query(
-                self.collection,
-                filter=f"id > {last}",
-                output_fields=["id"],
-                limit=MAX_TOP_K,
-                timeout=self.timeout_s,
-                **STRONG,
+                self.collection, filter=f"id > {last}", output_fields=["id"], limit=MAX_TOP_K, **self._rpc, **STRONG
             )
             if not rows:
                 break
@@ -113,7 +134,7 @@ class MilvusIndex:
         for start in range(0, len(ids), UPSERT_BATCH):
             chunk = ids[start : start + UPSERT_BATCH].tolist()
             rows = self.client.query(
-                self.collection, filter=f"id in {chunk}", output_fields=["id"], timeout=self.timeout_s, **STRONG
+                self.collection, filter=f"id in {chunk}", output_fields=["id"], **self._rpc, **STRONG
             )
             held.update(r["id"] for r in rows)
         return ids[~np.isin(ids, np.fromiter(held, np.int64, len(held)))]
@@ -131,7 +152,7 @@ class MilvusIndex:
             limit=max(1, min(k, MAX_TOP_K)),
             filter=" and ".join(conditions),
             search_params={"metric_type": "IP"},
-            timeout=self.timeout_s,
+            **self._rpc,
             **STRONG,
         )[0]
         scores = np.array([h["distance"] for h in hits], dtype=np.float32)
@@ -153,13 +174,13 @@ class MilvusIndex:
                 }
                 for i in range(start, end)
             ]
-            self.client.upsert(self.collection, rows, timeout=self.timeout_s)
+            self.client.upsert(self.collection, rows, **self._rpc)
 
     @_unavailable
     def remove(self, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), UPSERT_BATCH):
-            self.client.delete(self.collection, ids=ids[start : start + UPSERT_BATCH], timeout=self.timeout_s)
+            self.client.delete(self.collection, ids=ids[start : start + UPSERT_BATCH], **self._rpc)
 
     def rebuild(self, batches: Iterable[IndexEntries]) -> None:
         """Upsert every stored photo, then delete what the store no longer has. Changes made meanwhile by
@@ -179,7 +200,7 @@ class MilvusIndex:
         """Nothing to keep: Milvus persists every change itself."""
 
     def close(self) -> None:
-        self.client.close()
+        self._drop_client()
 
 
 def _quote(value: str) -> str:
@@ -187,7 +208,7 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-def open_milvus_index(url: str, prefix: str, model_id: str, dim: int) -> tuple[MilvusIndex, bool]:
+def open_milvus_index(url: str, prefix: str, model_id: str, dim: int, timeout_s: float) -> tuple[MilvusIndex, bool]:
     """The index at `milvus://HOST:PORT` for this model, and whether its collection existed already."""
-    index = MilvusIndex("http://" + url.removeprefix("milvus://"), collection_name(prefix, model_id), dim)
+    index = MilvusIndex("http://" + url.removeprefix("milvus://"), collection_name(prefix, model_id), dim, timeout_s)
     return index, index.ensure_collection()

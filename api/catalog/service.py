@@ -26,7 +26,7 @@ import numpy as np
 from api.catalog.follow import ChangeFollower
 from api.catalog.photos import Thumbnails
 from api.catalog.ranking import Match, Ranking, top_labels
-from api.catalog.records import ImageRecord, NewImage, PhotoError, Product, UnknownCategory
+from api.catalog.records import ImageRecord, IndexUnavailable, NewImage, PhotoError, Product, UnknownCategory
 from api.settings import Settings
 from vision.preprocess import ImageError, load_image, prepare_photo
 from vision.runtimes import Embedder, EmbedderUnavailable
@@ -159,6 +159,7 @@ class CatalogService:
 
     def put_product(self, product: Product, photos: Sequence[Photo] = (), create_only: bool = False) -> Product:
         prepared = self.prepare(photos)
+        self.index.check()  # a 503 before anything is written when the index is away
         with self._write_lock:  # files too: a concurrent delete must not drop a file being re-added
             self._write_files(prepared)
             saved, _ = self.store.upsert_product(product, [p[0] for p in prepared], self.model_id, create_only)
@@ -167,6 +168,7 @@ class CatalogService:
 
     def update_product(self, product_id: str, changes: dict) -> Product:
         """Change a product's name, categories, description or attributes (its photos stay)."""
+        self.index.check()
         with self._write_lock:
             updated = self.store.update_product(product_id, changes)
             self._follow()  # an index that filters by category holds the product's categories
@@ -176,6 +178,7 @@ class CatalogService:
         """Add photos to a product; returns those added (a photo it already has is skipped)."""
         self.store.get_product(product_id)  # 404 before the (slow) embedding
         prepared = self.prepare(photos)
+        self.index.check()  # a 503 before anything is written when the index is away
         with self._write_lock:
             self._write_files(prepared)
             added = self.store.add_images(product_id, [p[0] for p in prepared], self.model_id)
@@ -188,17 +191,25 @@ class CatalogService:
             self.files.write(new.sha256, data)
 
     def _follow(self) -> None:
-        """The index catches up with the change this process just committed (and any other replica's)."""
-        self.follower.catch_up()
+        """The index catches up with the change this process just committed (and any other replica's). An
+        index that went away since the write's check gets it on its next catch-up: the change is committed,
+        and no search runs before catching up."""
+        try:
+            self.follower.catch_up()
+        except IndexUnavailable as exc:
+            log.warning("committed; the index follows once it is back: %s", exc)
+            return
         self._maybe_save()
 
     def delete_product(self, product_id: str) -> None:
+        self.index.check()
         with self._write_lock:
             removed = self.store.delete_product(product_id)
             self._drop_files(removed)
             self._follow()
 
     def delete_photo(self, product_id: str, image_id: int) -> None:
+        self.index.check()
         with self._write_lock:
             removed = self.store.delete_image(product_id, image_id)
             self._drop_files([removed])

@@ -70,6 +70,24 @@ def test_a_second_replica_shares_the_collection(service, tmp_path):
         other.close()
 
 
+def test_a_change_committed_while_the_index_went_away_is_indexed_once_it_is_back(tmp_path, postgres_server):
+    """The index can go between a write's check and its catch-up: the change is committed, the next
+    catch-up (every search starts with one) indexes it."""
+    server = MilvusServer()
+    server.start()
+    service = milvus_service(tmp_path, postgres_server, server.url)
+    try:
+        server.stop()
+        service.index.check = lambda: None  # as if it went away just after the check
+        service.put_product(product("a"), [photo(0)])
+        assert service.store.missing_products(["a"]) == set()
+        server.start()
+        assert service.search(photo(0).data, k=1).matches[0].product.product_id == "a"
+    finally:
+        service.close()
+        server.close()
+
+
 def test_milvus_down_means_503_then_recovery(tmp_path, postgres_server):
     server = MilvusServer()
     server.start()
@@ -79,9 +97,11 @@ def test_milvus_down_means_503_then_recovery(tmp_path, postgres_server):
         server.stop()
         with pytest.raises(IndexUnavailable):
             service.search(photo(0).data, k=1)
-        with pytest.raises(IndexUnavailable):  # committed to the store; the index follows once it is back
+        with pytest.raises(IndexUnavailable):  # refused before anything was written
             service.put_product(product("b"), [photo(1)])
+        assert service.store.missing_products(["b"]) == {"b"}
         server.start()
+        service.put_product(product("b"), [photo(1)])
         result = service.search(photo(1).data, k=1)
         assert result.matches[0].product.product_id == "b"
         assert np.array_equal(np.sort(service.index.ids()), np.sort(service.store.image_ids()))
