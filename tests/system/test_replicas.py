@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from api.settings import REPO_ROOT
 from tests.conftest import (
     SAMPLES,
     MilvusServer,
-    fresh_postgres_database,
     free_port,
+    fresh_postgres_database,
     milvus_collection,
     seesku,
     start_serve,
@@ -204,3 +205,57 @@ def test_postgres_or_milvus_down_is_503_then_both_replicas_recover(tmp_path):
         milvus.close()
         subprocess.run([pg_script, "stop", str(pg_dir)])
         os.system(f"rm -rf {pg_dir}")
+
+
+KILL_TRIALS = int(os.environ.get("SEESKU_REPLICA_KILL_TRIALS", "20"))
+
+
+def import_until_killed(client: httpx.Client, trial: int, acknowledged: list, errors: list, stop) -> None:
+    """Products with one photo each through one replica; one counts once both calls were answered 201."""
+    for i in range(1000):
+        if stop.is_set():
+            return
+        pid, photo = f"k{trial}-{i:03d}", PHOTOS[(trial * 7 + i) % len(PHOTOS)]
+        try:
+            body = {"product_id": pid, "name": pid, "fine_category": pid, "coarse_category": "kill"}
+            created = client.post("/v1/products", json=body)
+            added = client.post(
+                f"/v1/products/{pid}/images", files={"images": (photo.name, photo.read_bytes(), "image/jpeg")}
+            )
+        except httpx.HTTPError:
+            return  # the replica died under us
+        errors.extend(r.status_code for r in (created, added) if r.status_code >= 500)
+        if created.status_code == 201 and added.status_code == 201:
+            acknowledged.append((pid, photo))
+
+
+def test_sigkill_of_a_replica_mid_import_loses_no_acknowledged_write(replicas):
+    import random
+    import threading
+    import time
+
+    rng, acknowledged, errors = random.Random(0), [], []
+    b = replicas.start("b")
+    lost = 0
+    for trial in range(KILL_TRIALS):
+        a = replicas.start("a")
+        stop, before = threading.Event(), len(acknowledged)
+        importer = threading.Thread(target=import_until_killed, args=(a, trial, acknowledged, errors, stop))
+        importer.start()
+        time.sleep(rng.uniform(0.5, 2.0))
+        replicas.kill("a")  # SIGKILL, mid-import
+        stop.set()
+        importer.join()
+        assert len(acknowledged) > before, "nothing was acknowledged before the kill: the trial tests nothing"
+        for pid, photo in acknowledged[before:]:  # through the replica that stayed up
+            found = search(b, photo, k=1, category=pid)
+            errors.extend([found.status_code] if found.status_code >= 500 else [])
+            lost += found.status_code != 200 or [m["product_id"] for m in found.json()["matches"]] != [pid]
+    print(f"replica kill trials: {KILL_TRIALS}, acknowledged products: {len(acknowledged)}, lost: {lost}")
+    assert lost == 0 and errors == []
+    engine = sqlalchemy.create_engine(replicas.env["SEESKU_DATABASE_URL"])
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT count(*) FROM images").scalar()
+    engine.dispose()
+    search(b, PHOTOS[0], k=1)  # a search catches up first
+    assert b.get("/readyz").json()["vectors"] == stored  # the index and the catalogue agree exactly
