@@ -36,11 +36,14 @@ $(VENV)/.browser: | $(BIN)/python
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@
 
-# The servers several replicas share: PostgreSQL (Debian's package) in .services/, for development.
-services:
+# The servers several replicas share, in .services/, for development: PostgreSQL (Debian's package) and
+# Milvus (the milvus-lite 2.5 wheel's server). Each prints the URL to set: SEESKU_DATABASE_URL, SEESKU_INDEX.
+services: $(VENV)/.serve
 	@scripts/postgres.sh start .services/postgres 54329
+	@scripts/milvus.sh start .services/milvus 19531
 
 services-stop:
+	scripts/milvus.sh stop .services/milvus
 	scripts/postgres.sh stop .services/postgres
 
 run: $(VENV)/.serve
