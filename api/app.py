@@ -62,7 +62,8 @@ def start_jobs(settings: Settings, service: CatalogService):
             service.embedder, service.ranking.catalogue_matches, options, settings.limits(), start_method="spawn"
         )
 
-    runner = JobRunner(JobStore(settings.data_dir / "jobs"), tagger, settings.tagging_root, settings.max_upload_bytes)
+    store = JobStore(settings.database(), settings.data_dir / "jobs")
+    runner = JobRunner(store, tagger, settings.tagging_root, settings.max_upload_bytes, settings.tagging_lease_s)
     runner.start()
     return runner
 

@@ -64,6 +64,7 @@ class Categories(BaseModel):
 
 
 class Timings(BaseModel):
+    sync: float = Field(description="catching up with the catalogue's change log (other replicas' writes)")
     decode: float
     embed: float
     search: float

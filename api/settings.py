@@ -99,6 +99,9 @@ class Settings(BaseSettings):
         description="processes a tagging job decodes and embeds on; 0 = one per core "
         "(fewer keep cores for searches while a job runs)",
     )
+    tagging_lease_s: float = Field(
+        15.0, gt=0, description="a replica silent this long about its tagging job is taken for dead; another resumes it"
+    )
     require_keys: bool | None = Field(
         None, description="API keys required; unset: required unless listening on loopback"
     )

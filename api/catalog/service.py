@@ -278,8 +278,9 @@ class CatalogService:
     ) -> SearchResult:
         """Photo bytes -> the ranked products and the categories; `personal`: the shopper model's scores
         (ShopperService.personal_scores) for personal re-ranking."""
-        t0 = time.perf_counter()
+        t_sync = time.perf_counter()
         self.follower.catch_up()  # every write acknowledged by any replica before this search is in it
+        t0 = time.perf_counter()
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)
         pixels = load_image(data, self.spec, self.limits)
@@ -288,7 +289,7 @@ class CatalogService:
         t2 = time.perf_counter()
         matches = self.ranking.rank(out.embedding[0], out.fine_probs[0], k, category, personal, personal_weight)
         t3 = time.perf_counter()
-        timings = {"decode": t1 - t0, "embed": t2 - t1, "search": t3 - t2, "total": t3 - t0}
+        timings = {"sync": t0 - t_sync, "decode": t1 - t0, "embed": t2 - t1, "search": t3 - t2, "total": t3 - t_sync}
         return SearchResult(
             matches=matches,
             fine=top_labels(self.manifest.fine_labels, out.fine_probs[0], top_categories),

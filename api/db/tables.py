@@ -120,3 +120,42 @@ rate_limits = Table(
     Column("tokens", Float, nullable=False),
     Column("updated", Float, nullable=False),
 )
+
+# Bulk-tagging jobs, one queue for every replica (api/tagging/jobs.py): a replica takes a queued job, or a
+# running one whose lease ran out (its replica died), under FOR UPDATE SKIP LOCKED.
+tagging_jobs = Table(
+    "tagging_jobs",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("state", Text, nullable=False),  # queued | running | done | failed | cancelled
+    Column("created", Float, nullable=False),
+    Column("data", Text, nullable=False),  # the rest of the job (api.tagging.jobs.Job) as JSON
+    Column("meta", Text, nullable=False, server_default="{}"),  # what its results were made with
+    Column("owner", Text),  # the replica running it
+    Column("lease_until", Float),  # ... until then; a lease that ran out frees the job for another
+    Column("cancel_requested", Integer, nullable=False, server_default="0"),
+    Index("tagging_jobs_state", "state", "created"),
+)
+
+# The uploaded zip or CSV of each job, in parts, so any replica can run it and serve its photos.
+tagging_inputs = Table(
+    "tagging_inputs",
+    metadata,
+    Column("job_id", Text, ForeignKey("tagging_jobs.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# One row per tagged photo: its result, embedding and layout vector (api/tagging/state.py SqlTagState).
+# Each batch is one transaction: a job resumed on another replica starts after the last committed batch.
+tagging_results = Table(
+    "tagging_results",
+    metadata,
+    Column("job_id", Text, ForeignKey("tagging_jobs.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("ord", Integer, nullable=False),
+    Column("row", Text, nullable=False),
+    Column("embedding", LargeBinary),
+    Column("layout", LargeBinary),
+    Index("tagging_results_order", "job_id", "ord"),
+)

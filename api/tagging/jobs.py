@@ -1,91 +1,41 @@
-"""Tagging jobs for the API: queued, run one at a time in a background thread, surviving restarts.
+"""Tagging jobs for the API: one queue in the database for every replica, each job run by one replica at a
+time under a lease, surviving the replica that ran it.
 
-A job is a folder under `<data dir>/jobs/<id>/` (the uploaded zip or CSV, and the tagger's output and
-state) plus a row in `jobs.sqlite3`. On start, jobs that were queued or running are queued again and the
-tagger resumes them from their state file. Decoding runs in *spawned* processes: forking a server that
-already runs threads (uvicorn, ONNX Runtime) is not safe.
+A job is a row of `tagging_jobs` with its upload in `tagging_inputs` and its results in `tagging_results`
+(api/db/tables.py). Every replica's runner takes the oldest queued job, or a running one whose lease ran
+out (its replica died), under FOR UPDATE SKIP LOCKED, and renews the lease while it works; the tagger
+resumes from the last committed batch of results, so a job finishes with every photo whichever replica
+ends it. Progress and results are read from the database, so any replica answers for any job. A replica
+keeps a local copy of a job's upload only to read its photos (`<data dir>/jobs/<id>/`). Decoding runs in
+*spawned* processes: forking a server that already runs threads (uvicorn, ONNX Runtime) is not safe.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from api.tagging.output import format_rows
+from api.tagging.queue import LEASE_S, Job, JobStore
 from api.tagging.run import Tagger, TagOptions
 from api.tagging.sources import Item, SourceError, list_items
-from api.tagging.state import TagState
+from api.tagging.state import SqlTagState
 
 log = logging.getLogger("seesku.tagging")
 ACTIVE = ("queued", "running")
-
-
-@dataclass
-class Job:
-    id: str
-    state: str  # queued | running | done | failed | cancelled
-    kind: str  # zip | csv
-    created: float
-    options: dict
-    total: int = 0
-    done: int = 0
-    rate: float = 0.0  # photos/s while running
-    started: float | None = None
-    finished: float | None = None
-    error: str | None = None
-    duplicate_groups: int | None = None
-
-    @property
-    def eta_s(self) -> float | None:
-        if self.state != "running" or not self.rate or not self.total:
-            return None
-        return max(0.0, (self.total - self.done) / self.rate)
-
-
-class JobStore:
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(root / "jobs.sqlite3", check_same_thread=False)
-        self.lock = threading.Lock()
-        with self.lock, self.db:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, data TEXT NOT NULL)")
-
-    def dir(self, job_id: str) -> Path:
-        return self.root / job_id
-
-    def save(self, job: Job) -> None:
-        with self.lock, self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job.id, job.created, json.dumps(job.__dict__))
-            )
-
-    def get(self, job_id: str) -> Job | None:
-        with self.lock:
-            row = self.db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return Job(**json.loads(row[0])) if row else None
-
-    def list(self, limit: int = 50) -> list[Job]:
-        with self.lock:
-            rows = self.db.execute("SELECT data FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [Job(**json.loads(r[0])) for r in rows]
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.close()
+__all__ = ["ACTIVE", "Job", "JobRunner", "JobStore"]
+RENEW_EVERY_S = 3.0
+POLL_S = 1.0  # how often an idle runner looks for a job another replica queued
 
 
 class JobRunner:
-    """One background thread works through the queue; `cancel` stops a job at its next batch."""
+    """This replica's worker on the shared queue: one job at a time, its lease renewed by a heartbeat;
+    `cancel` reaches a job on any replica at its next batch."""
 
     def __init__(
         self,
@@ -93,30 +43,24 @@ class JobRunner:
         tagger_factory: Callable[[TagOptions], Tagger],
         allowed_root: Path | None,
         max_member_bytes: int,
+        lease_s: float = LEASE_S,
     ):
         self.store = store
         self.tagger_factory = tagger_factory
         self.allowed_root = allowed_root
         self.max_member_bytes = max_member_bytes
-        self._queue: list[str] = []
-        self._cancelled: set[str] = set()
-        self._wake = threading.Condition()
-        self._stopping = False
+        self.lease_s = lease_s
+        self.owner = uuid.uuid4().hex  # this replica, in the queue
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tagging-jobs", daemon=True)
 
     def start(self) -> None:
-        for job in sorted(self.store.list(limit=10_000), key=lambda j: j.created):
-            if job.state in ACTIVE:  # interrupted by a restart: resume
-                log.info("resuming tagging job %s (%d/%d done)", job.id, job.done, job.total)
-                job.state = "queued"
-                self.store.save(job)
-                self._queue.append(job.id)
         self._thread.start()
 
     def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify_all()
+        self._stopping.set()
+        self._wake.set()
         self._thread.join(timeout=30)
 
     def close(self) -> None:
@@ -132,20 +76,22 @@ class JobRunner:
 
     @property
     def staging_dir(self) -> Path:
-        """Where uploads are streamed before `submit` takes them (on the same disk as the jobs)."""
+        """Where uploads are streamed before `submit` takes them."""
         return self.store.root
 
     # -- creating jobs ------------------------------------------------------------------------
     def items(self, job: Job) -> list[Item]:
-        folder = self.store.dir(job.id)
-        if job.kind == "zip":
-            return list_items(folder / "input.zip", max_member_bytes=self.max_member_bytes)
-        return list_items(folder / "input.csv", allowed_root=self.allowed_root)
+        return self._list(job.kind, self.store.input_file(job))
+
+    def _list(self, kind: str, path: Path) -> list[Item]:
+        if kind == "zip":
+            return list_items(path, max_member_bytes=self.max_member_bytes)
+        return list_items(path, allowed_root=self.allowed_root)
 
     def submit(self, kind: str, staged: Path, options: TagOptions) -> Job:
         """`staged`: the uploaded file, already on disk. Validates the input before accepting the job."""
         job = Job(id=uuid.uuid4().hex[:16], state="queued", kind=kind, created=time.time(), options=options.__dict__)
-        folder = self.store.dir(job.id)
+        folder = self.store.dir(job.id)  # this replica's copy of the upload, so it need not fetch it back
         folder.mkdir(parents=True)
         target = folder / ("input.zip" if kind == "zip" else "input.csv")
         try:
@@ -153,64 +99,52 @@ class JobRunner:
             if kind == "csv":
                 # Paths in the CSV are relative to the allowed root, not to the upload's temporary folder.
                 target.write_text(_rebase_csv(target.read_text(errors="replace"), self.allowed_root))
-            job.total = len(self.items(job))
+            job.total = len(self._list(kind, target))
             if not job.total:
                 raise SourceError("the upload holds no photos")
-        except SourceError:
+            self.store.create(job, target)
+        except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        self.store.save(job)
-        with self._wake:
-            self._queue.append(job.id)
-            self._wake.notify_all()
+        self._wake.set()
         return job
 
     def cancel(self, job_id: str) -> Job | None:
         job = self.store.get(job_id)
         if job is None or job.state not in ACTIVE:
             return job
-        with self._wake:
-            self._cancelled.add(job_id)
-            if job_id in self._queue:
-                self._queue.remove(job_id)
-                job.state, job.finished = "cancelled", time.time()
-                self.store.save(job)
-        return job
+        self.store.cancel(job_id)
+        return self.store.get(job_id)
 
     # -- results ------------------------------------------------------------------------------
     def output(self, job: Job) -> Path:
         return self.store.dir(job.id) / "results.jsonl"
 
     def rows(self, job: Job) -> list[dict]:
-        state_file = self.output(job).with_name("results.jsonl.state.sqlite3")
-        if not state_file.exists():
-            return []
-        state = TagState(state_file)
-        try:
-            return state.rows()
-        finally:
-            state.close()
+        return SqlTagState(self.store.engine, job.id).rows()
 
     def results(self, job: Job, fmt: str) -> str:
         return format_rows(self.rows(job), fmt, header=True)
 
     # -- the worker ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                job_id = self._queue.pop(0)
-            job = self.store.get(job_id)
-            if job is None or job.state != "queued":
+        while not self._stopping.is_set():
+            try:
+                job = self.store.claim(self.owner, self.lease_s)
+            except Exception as exc:  # the database is away: look again later
+                log.warning("cannot take tagging jobs now: %s", exc)
+                job = None
+            if job is None:
+                self._wake.wait(POLL_S)
+                self._wake.clear()
                 continue
+            log.info("running tagging job %s (%d/%d done)", job.id, job.done, job.total)
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        job.state, job.started, job.error = "running", job.started or time.time(), None
-        self.store.save(job)
+        job.started, job.error = job.started or time.time(), None
+        self.store.save(job, self.owner)
+        lease = _Lease(self.store, job.id, self.owner, self.lease_s)
         started = time.perf_counter()
         first_done: list[int] = []
 
@@ -220,27 +154,65 @@ class JobRunner:
             job.done, job.total = done, total
             elapsed = time.perf_counter() - started
             job.rate = round((done - first_done[0]) / elapsed, 2) if elapsed > 0 else 0.0
-            self.store.save(job)
+            self.store.save(job, self.owner)
 
         def should_stop() -> bool:
-            return self._stopping or job.id in self._cancelled
+            return self._stopping.is_set() or lease.cancelled or lease.lost
 
         try:
             tagger = self.tagger_factory(TagOptions(**job.options))
-            summary = tagger.run(self.items(job), self.output(job), progress, should_stop, source=job.kind)
+            summary = tagger.run(
+                self.items(job),
+                self.output(job),
+                progress,
+                should_stop,
+                source=job.kind,
+                state=SqlTagState(self.store.engine, job.id),
+            )
         except Exception as exc:  # a job that fails must not take the worker (or the server) with it
             log.exception("tagging job %s failed", job.id)
             job.state, job.error, job.finished = "failed", str(exc), time.time()
-            self.store.save(job)
+            self.store.save(job, self.owner)
             return
-        if job.id in self._cancelled:
+        finally:
+            lease.stop()
+        if lease.lost:
+            log.warning("tagging job %s: lease lost, another replica has it", job.id)
+            return
+        if lease.cancelled:
             job.state, job.finished = "cancelled", time.time()
-        elif self._stopping and summary.done < summary.total:
-            job.state = "queued"  # the server is stopping: resume on the next start
+        elif self._stopping.is_set() and summary.done < summary.total:
+            job.state = "queued"  # this replica is stopping: any replica resumes it
         else:
             job.state, job.finished, job.duplicate_groups = "done", time.time(), summary.duplicate_groups
         job.done = summary.done
-        self.store.save(job)
+        self.store.save(job, self.owner)
+        self.store.release(job.id, self.owner)
+
+
+class _Lease:
+    """Renews a job's lease every RENEW_EVERY_S while it runs, and learns of a cancellation."""
+
+    def __init__(self, store: JobStore, job_id: str, owner: str, lease_s: float):
+        self.store, self.job_id, self.owner = store, job_id, owner
+        self.every = min(RENEW_EVERY_S, lease_s / 3)
+        self.lost = self.cancelled = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(lease_s,), name="tagging-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self, lease_s: float) -> None:
+        while not self._done.wait(self.every):
+            try:
+                held, cancelled = self.store.renew(self.job_id, self.owner, lease_s)
+            except Exception as exc:  # the database is away for a moment: the lease has some slack
+                log.warning("renewing the lease of tagging job %s failed: %s", self.job_id, exc)
+                continue
+            self.lost, self.cancelled = not held, cancelled
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
 
 
 def _rebase_csv(text: str, root: Path | None) -> str:

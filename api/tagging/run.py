@@ -25,7 +25,7 @@ from api.tagging.duplicates import duplicate_groups
 from api.tagging.options import TagOptions
 from api.tagging.output import append_output, output_format, write_output
 from api.tagging.sources import Item
-from api.tagging.state import TagState
+from api.tagging.state import SqlTagState, TagState
 from api.tagging.workers import WorkerPool
 from vision.preprocess import Limits, torch_resize
 from vision.runtimes import Embedder, EmbedderOutput
@@ -83,12 +83,14 @@ class Tagger:
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         source: str = "",
+        state: TagState | SqlTagState | None = None,
     ) -> TagSummary:
-        """Tag `items` into `out`; resumes from `out`'s state file. Raises KeyboardInterrupt after leaving a
-        valid partial output when interrupted; returns early (state kept) when `should_stop()` says so."""
+        """Tag `items` into `out`; resumes from `state` (by default `out`'s state file). Raises
+        KeyboardInterrupt after leaving a valid partial output when interrupted; returns early (state kept)
+        when `should_stop()` says so."""
         output_format(out)
         started = time.perf_counter()
-        state = TagState(out.with_name(out.name + ".state.sqlite3"))
+        state = state if state is not None else TagState(out.with_name(out.name + ".state.sqlite3"))
         try:
             state.check_meta(source=source, model=self.manifest.served_id)
             done = state.done_keys()
@@ -115,7 +117,7 @@ class Tagger:
         finally:
             state.close()
 
-    def _finish(self, state: TagState, out: Path, complete: bool) -> int:
+    def _finish(self, state: TagState | SqlTagState, out: Path, complete: bool) -> int:
         """Rewrite the output from the state; with every photo done, with its duplicate groups (their count)."""
         if not complete:
             write_output(out, state.rows())

@@ -2,6 +2,7 @@
 session's fixtures), as a deployment runs them: what one replica acknowledged, the other answers with, at
 once. Also PostgreSQL with each replica's own FAISS index, which follows the catalogue's change log."""
 
+import json
 import os
 import subprocess
 import tempfile
@@ -259,3 +260,44 @@ def test_sigkill_of_a_replica_mid_import_loses_no_acknowledged_write(replicas):
     engine.dispose()
     search(b, PHOTOS[0], k=1)  # a search catches up first
     assert b.get("/readyz").json()["vectors"] == stored  # the index and the catalogue agree exactly
+
+
+def test_a_tagging_job_whose_replica_is_killed_finishes_on_the_other(tmp_path, postgres_server, milvus_server):
+    import io
+    import time
+    import zipfile
+
+    deployment = Replicas(
+        tmp_path, fresh_postgres_database(postgres_server), milvus_server.url, SEESKU_TAGGING_LEASE_S="3"
+    )
+    try:
+        a = deployment.start("a")
+        upload = io.BytesIO()
+        with zipfile.ZipFile(upload, "w") as z:
+            for i in range(400):  # long enough to be killed half-way
+                z.writestr(f"shelf/{i:03d}.jpg", PHOTOS[i % 200].read_bytes())  # each photo twice
+        created = a.post("/v1/tagging/jobs", content=upload.getvalue(), headers={"Content-Type": "application/zip"})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := a.get(f"/v1/tagging/jobs/{job_id}").json())["done"] < 32:
+            assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
+            time.sleep(0.1)
+        b = deployment.start("b")  # started after A took the job: B can only get it from a dead A
+        assert b.get(f"/v1/tagging/jobs/{job_id}").json()["state"] == "running"  # B sees A's progress
+        deployment.kill("a")
+        killed_at = b.get(f"/v1/tagging/jobs/{job_id}").json()["done"]
+        assert 0 < killed_at < 400
+        deadline = time.monotonic() + 300
+        while (job := b.get(f"/v1/tagging/jobs/{job_id}").json())["state"] != "done":
+            assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
+            time.sleep(0.2)
+        assert job["done"] == job["total"] == 400
+        lines = b.get(f"/v1/tagging/jobs/{job_id}/results", params={"format": "jsonl"}).text.splitlines()
+        paths = sorted(json.loads(line)["path"] for line in lines)
+        assert paths == sorted(f"shelf/{i:03d}.jpg" for i in range(400))  # every photo, once
+        groups = b.get(f"/v1/tagging/jobs/{job_id}/duplicates").json()["groups"]
+        assert len(groups) >= 150  # the repeats were found, across both replicas' halves
+        print(f"tagging job: A killed at {killed_at}/400, finished on B")
+    finally:
+        deployment.close()

@@ -58,7 +58,7 @@ def test_search_contract(sample_client):
         probs = [c["probability"] for c in body["categories"][level]]
         assert len(probs) == 5 and probs == sorted(probs, reverse=True)
         assert all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-4
-    assert set(body["timings_ms"]) == {"decode", "embed", "search", "total"}
+    assert set(body["timings_ms"]) == {"sync", "decode", "embed", "search", "total"}
     assert body["model"]["id"] and body["channel"] == "api"
     image = sample_client.get(first["image_url"])
     assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
