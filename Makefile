@@ -69,6 +69,8 @@ bench: $(VENV)/.dev $(VENV)/.triton
 	$(BIN)/python bench/tagging.py | tee bench/results/tagging.json
 	$(BIN)/python bench/fusion.py | tee bench/results/fusion.json  # needs ../shared/data/grocery_store
 	$(BIN)/python bench/triton_vs_onnx.py | tee bench/results/triton.json
+	$(BIN)/python bench/replicas.py | tee bench/results/replicas.json  # starts PostgreSQL and Milvus itself
+	$(BIN)/python bench/index_scale.py | tee bench/results/index_scale.json  # needs ../shared/data/grocery_store
 
 export-onnx: $(VENV)/.dev
 	$(BIN)/seesku export-onnx

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
 
     def database(self) -> Engine:
         """The database engine (one per Settings), its schema checked or migrated, and a data dir's API keys
-        from before the shared database imported into it."""
+        and tagging jobs from before the shared database imported into it."""
         if self._engine is None:
             from api.db import legacy, migrate
             from api.db.engine import create_engine
@@ -160,6 +160,7 @@ class Settings(BaseSettings):
             engine = create_engine(self.database_target())
             migrate.prepare(engine, self.db_auto_upgrade)
             legacy.import_keys_file(engine, self.data_dir)
+            legacy.import_jobs_file(engine, self.data_dir)
             self._engine = engine
         return self._engine
 

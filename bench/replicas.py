@@ -10,6 +10,8 @@
 2. Upload on A, first hit on B: for PostgreSQL + Milvus and PostgreSQL + FAISS, a product with a photo is
    created through replica A; the moment A answers 201, replica B is searched with the photo until it
    ranks first. Reports the tries it took (1 = read-your-writes on the first try) and the milliseconds.
+3. The background follow (PostgreSQL + FAISS): with no search to make B catch up, the time from A's 201 to
+   B's index holding the photo (B's /readyz `vectors`), the bound for reads that do not catch up first.
 """
 
 from __future__ import annotations
@@ -127,6 +129,29 @@ def upload_to_hit(a: str, b: str, tag: str, products: int) -> dict:
     }
 
 
+def background_follow(a: str, b: str, products: int) -> dict:
+    """Create products through A; after each 201, poll B's /readyz until its index holds one more photo."""
+    waits = []
+    with httpx.Client(base_url=a, timeout=30) as ca, httpx.Client(base_url=b, timeout=30) as cb:
+        for i in range(products):
+            held = cb.get("/readyz").json()["vectors"]
+            pid, photo = f"follow-{i}", CATALOG_PHOTOS[-1 - i]
+            body = {"product_id": pid, "name": pid, "fine_category": pid, "coarse_category": "bench"}
+            assert ca.post("/v1/products", json=body).status_code == 201
+            files = {"images": (photo.name, photo.read_bytes(), "image/jpeg")}
+            assert ca.post(f"/v1/products/{pid}/images", files=files).status_code == 201
+            acknowledged = time.perf_counter()
+            while cb.get("/readyz").json()["vectors"] <= held:
+                time.sleep(0.005)
+            waits.append((time.perf_counter() - acknowledged) * 1e3)
+    return {
+        "products": products,
+        "follow_interval_s": 0.5,
+        "ms_to_index_p50": round(statistics.median(waits), 1),
+        "ms_to_index_max": round(max(waits), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
@@ -148,6 +173,8 @@ def main() -> None:
             other, proc = start_server({**env, "SEESKU_LOAD_SAMPLES": "false"})  # replica B, same servers
             procs.append(proc)
             visibility[name] = upload_to_hit(urls[name], other, name, args.products)
+            if name == "postgres_faiss":
+                follow = background_follow(urls[name], other, args.products)
     finally:
         for proc in procs:
             proc.terminate()
@@ -160,6 +187,7 @@ def main() -> None:
             "search_c1": latency,
             "postgres_milvus_p50_over_embedded": latency["postgres_milvus"]["p50_over_embedded"],
             "upload_on_a_to_hit_on_b": visibility,
+            "background_follow_postgres_faiss": follow,
         }
     )
 

@@ -9,10 +9,12 @@ within `SEESKU_FOLLOW_INTERVAL_S` of the other replicas' writes.
 
 Catching up applies the changes after the cursor in log order, each image's net effect once: a removed
 photo leaves the index, an added one is read back from the store (if it still exists) and added. A FAISS
-index is this replica's own, so each replica applies every change to it; a shared index (Milvus) gets the
-same idempotent changes from every replica, so a writer that dies between its commit and its index write
-leaves nothing unindexed. A change that cannot be applied (the index is down) keeps the cursor where it
-was, and is applied by the next catch-up.
+index is this replica's own, so each replica applies every change to it. A shared index (Milvus) gets each
+change from its writer, before the writer answers; another replica applies a change only once it is
+`SHARED_GRACE_S` old and only what the index still lacks, so a writer that died between its commit and its
+index write leaves nothing unindexed, and two replicas never upsert one photo at once (Milvus does not
+keep primary keys unique under concurrent upserts). A change that cannot be applied (the index is down)
+keeps the cursor where it was, and is applied by the next catch-up.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger("seesku.catalog")
 RETENTION_S = 24 * 3600  # how long the log keeps a change: a replica stalled longer resynchronises
 PRUNE_EVERY_S = 600.0
 BATCH = 10_000
+SHARED_GRACE_S = 5.0  # a shared index's change older than this, from another replica, is checked and applied
 
 
 class ChangeFollower:
@@ -39,6 +42,7 @@ class ChangeFollower:
         self._lock = lock  # the catalogue service's write lock: the index changes in one order
         self.cursor = 0
         self._verify = False  # check adds against the index's contents (the first catch-up after start)
+        self._deferred: list[Change] = []  # other replicas' changes to a shared index, until SHARED_GRACE_S
         self._caught_up = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,43 +56,59 @@ class ChangeFollower:
         """Apply every change after the cursor; how many there were."""
         if time.monotonic() - self._caught_up > RETENTION_S / 2:
             self._resync()
+        if self._deferred and time.time() - self._deferred[0].at > SHARED_GRACE_S:
+            with self._lock:
+                self._apply_deferred()
         if not self.store.changes_since(self.cursor, limit=1):
             self._caught_up = time.monotonic()
             return 0
         applied = 0
         with self._lock:
             while changes := self.store.changes_since(self.cursor, BATCH):
-                self._apply(changes)
+                self.store.forget()
+                if self.index.shared:  # the writers apply their own; the others' are checked later
+                    mine = [c for c in changes if c.origin == self.store.origin]
+                    self._deferred += [c for c in changes if c.origin != self.store.origin]
+                    self._apply(mine, verify=self._verify)
+                else:
+                    self._apply(changes, verify=self._verify)
                 self.cursor = changes[-1].seq
                 applied += len(changes)
             self._verify = False
             self._caught_up = time.monotonic()
         return applied
 
-    def _apply(self, changes: Sequence[Change]) -> None:
-        self.store.forget()
+    def _apply_deferred(self) -> None:
+        cutoff = time.time() - SHARED_GRACE_S
+        due = [c for c in self._deferred if c.at <= cutoff]
+        # Only photos the index lacks (the writer has applied its change, unless it died); not relabels, which
+        # every replica would upsert at about the same moment. A relabel whose writer died before it reached
+        # the index waits for the next start's comparison.
+        self._apply(due, verify=True, relabel=False)
+        self._deferred = self._deferred[len(due) :]
+
+    def _apply(self, changes: Sequence[Change], verify: bool, relabel: bool = True) -> None:
         present: dict[int, bool] = {}  # each image's net effect, in log order
-        relabel: set[str] = set()
+        products: set[str] = set()
         for change in changes:
             if change.kind == IMAGE_ADDED:
                 present[change.image_id] = True
             elif change.kind == IMAGE_REMOVED:
                 present[change.image_id] = False
-            elif change.kind == PRODUCT_CHANGED:
-                relabel.add(change.product_id)
+            elif change.kind == PRODUCT_CHANGED and relabel:
+                products.add(change.product_id)
         removed = [image_id for image_id, there in present.items() if not there]
         if removed:
             self.index.remove(removed)
         added = {image_id for image_id, there in present.items() if there}
-        if relabel and self.index.filters_categories:  # the index holds each photo's categories
-            images = self.store.images_of(sorted(relabel))
+        if verify and added:
+            ids = np.fromiter(sorted(added), np.int64, len(added))
+            added = set(self.index.missing(ids).tolist())
+        if products and self.index.filters_categories:  # the index holds each photo's categories
+            images = self.store.images_of(sorted(products))
             added.update(im.image_id for ims in images.values() for im in ims)
-        if not added:
-            return
-        ids = np.fromiter(sorted(added), np.int64, len(added))
-        if self._verify:
-            ids = self.index.missing(ids)
-        self.index.add(self.store.entries_of(ids))  # only those still in the store
+        if added:
+            self.index.add(self.store.entries_of(sorted(added)))  # only those still in the store
 
     def _resync(self) -> None:
         """Stalled past the log's retention: start again from the store."""
@@ -98,6 +118,7 @@ class ChangeFollower:
             if not self.index.shared:
                 self.index.rebuild(self.store.iter_entries())
             self.store.forget()
+            self._deferred = []
             self.start_at(cursor)
             self._caught_up = time.monotonic()
 

@@ -7,8 +7,9 @@ replica is seen by the next search through any other. Inner product over L2-norm
 exact (FLAT): the milvus-lite server of `make services` has FLAT and IVF_FLAT only, and a cluster can be given
 an HNSW or IVF index on the same collection without changing this code.
 
-Every change reaches it through the change log (api/catalog/follow.py), as idempotent upserts and deletes,
-so nothing here is per replica: `persist` has nothing to keep. A server that cannot be reached raises
+Every change reaches it through the change log (api/catalog/follow.py): its writer upserts or deletes
+before answering, and the other replicas add what a dead writer left out. Nothing here is per replica:
+`persist` has nothing to keep. A server that cannot be reached raises
 `IndexUnavailable` (503 with Retry-After) after `timeout_s`.
 """
 
@@ -125,7 +126,7 @@ class MilvusIndex:
             page = sorted(r["id"] for r in rows)
             found.extend(page)
             last = page[-1]
-        return np.array(found, dtype=np.int64)
+        return np.unique(np.array(found, dtype=np.int64))  # Milvus may hold a primary key twice
 
     @_unavailable
     def missing(self, ids: np.ndarray) -> np.ndarray:
@@ -156,7 +157,9 @@ class MilvusIndex:
             **STRONG,
         )[0]
         scores = np.array([h["distance"] for h in hits], dtype=np.float32)
-        return scores, np.array([h["id"] for h in hits], dtype=np.int64)
+        ids = np.array([h["id"] for h in hits], dtype=np.int64)
+        first = np.sort(np.unique(ids, return_index=True)[1])  # a primary key Milvus holds twice, once
+        return scores[first], ids[first]
 
     # -- changes ------------------------------------------------------------------------------
     @_unavailable

@@ -27,6 +27,7 @@ class Change:
     kind: str
     product_id: str
     image_id: int | None
+    at: float  # when it was committed (the writer's clock)
 
 
 class SqlChangeLog:
@@ -61,7 +62,7 @@ class SqlChangeLog:
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         log = db.catalog_changes.c
         query = (
-            select(log.seq, log.origin, log.kind, log.product_id, log.image_id)
+            select(log.seq, log.origin, log.kind, log.product_id, log.image_id, log.at)
             .where(log.seq > seq)
             .order_by(log.seq)
             .limit(limit)

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from api.db import tables as db
 from api.db.engine import reading
@@ -61,9 +61,7 @@ class JobStore:
                     job_id=job.id, state=job.state, created=job.created, data=json.dumps(asdict(job))
                 )
             )
-            with open(upload, "rb") as f:
-                for part, chunk in enumerate(iter(lambda: f.read(INPUT_PART_BYTES), b"")):
-                    conn.execute(insert(db.tagging_inputs).values(job_id=job.id, part=part, data=chunk))
+            insert_input(conn, job.id, upload)
 
     def input_file(self, job: Job) -> Path:
         """This replica's copy of the job's upload, fetched from the database the first time."""
@@ -154,3 +152,10 @@ class JobStore:
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the settings."""
+
+
+def insert_input(conn: Connection, job_id: str, upload: Path) -> None:
+    """A job's upload into `tagging_inputs`, in parts (no row near PostgreSQL's 1 GB limit on one value)."""
+    with open(upload, "rb") as f:
+        for part, chunk in enumerate(iter(lambda: f.read(INPUT_PART_BYTES), b"")):
+            conn.execute(insert(db.tagging_inputs).values(job_id=job_id, part=part, data=chunk))

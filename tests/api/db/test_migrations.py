@@ -108,3 +108,37 @@ def test_an_older_schema_waits_for_db_upgrade_when_auto_upgrade_is_off(tmp_path)
     done = seesku("db", "upgrade", data_dir=tmp_path)
     assert done.returncode == 0 and "0001 -> " + migrate.head_revision() in done.stdout
     make_settings(tmp_path, db_auto_upgrade=False).database()
+
+
+def test_tagging_jobs_of_an_old_data_dir_come_into_the_database(tmp_path):
+    """Jobs had a SQLite queue per data dir and a state file per job: both are copied in once, an
+    interrupted job is queued again for any replica, and its finished photos stay done."""
+    import json
+
+    from api.tagging.queue import JobStore
+    from api.tagging.state import SqlTagState, TagState
+
+    jobs_dir = tmp_path / "data" / "jobs"
+    for job_id, state in (("old-done", "done"), ("old-running", "running")):
+        (jobs_dir / job_id).mkdir(parents=True)
+        (jobs_dir / job_id / "input.zip").write_bytes(b"PK-zip-bytes")
+        results = TagState(jobs_dir / job_id / "results.jsonl.state.sqlite3")
+        results.check_meta(source="zip", model="m:1")
+        results.add([("a.jpg", 0, {"path": "a.jpg", "status": "ok"}, np.ones(4, np.float32), np.ones(2, np.float32))])
+        results.close()
+        with sqlite3.connect(jobs_dir / "jobs.sqlite3") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, data TEXT NOT NULL)")
+            job = {"id": job_id, "state": state, "kind": "zip", "created": 1.0, "options": {}, "total": 2, "done": 1}
+            conn.execute("INSERT INTO jobs VALUES (?, ?, ?)", (job_id, 1.0, json.dumps(job)))
+
+    settings = make_settings(tmp_path / "data", database_url=None)
+    engine = settings.database()
+    store = JobStore(engine, tmp_path / "elsewhere")  # another replica's folder: the upload comes from the database
+    assert store.get("old-done").state == "done"
+    resumed = store.get("old-running")
+    assert resumed.state == "queued" and resumed.done == 1
+    assert store.input_file(resumed).read_bytes() == b"PK-zip-bytes"
+    state = SqlTagState(engine, "old-running")
+    assert state.done_keys() == {"a.jpg"} and state.rows() == [{"path": "a.jpg", "status": "ok"}]
+    state.check_meta(source="zip", model="m:1")  # the same run: accepted
+    assert not (jobs_dir / "jobs.sqlite3").exists()
