@@ -2,10 +2,11 @@
 writes of every replica, its own included.
 
 A write commits to the store, which appends what it changed to the log (api/catalog/sql_changes.py); then
-the writer catches up before it answers, and so does every search on every replica before it ranks. A
-search therefore sees every write acknowledged before it started, on whichever replica it lands (one
-indexed query when nothing changed); a background poll keeps the rest of the reads (product pages, lists)
-within `SEESKU_FOLLOW_INTERVAL_S` of the other replicas' writes.
+the writer catches up before it answers, and on a shared database (PostgreSQL) so does every search on
+every replica before it ranks. A search therefore sees every write acknowledged before it started, on
+whichever replica it lands (one indexed query when nothing changed); a background poll keeps the other
+reads that use the caches within `SEESKU_FOLLOW_INTERVAL_S` of the other replicas' writes (on the embedded
+SQLite file, the writes of a command beside the server).
 
 Catching up applies the changes after the cursor in log order, each image's net effect once: a removed
 photo leaves the index, an added one is read back from the store (if it still exists) and added. A FAISS

@@ -279,7 +279,8 @@ class CatalogService:
         """Photo bytes -> the ranked products and the categories; `personal`: the shopper model's scores
         (ShopperService.personal_scores) for personal re-ranking."""
         t_sync = time.perf_counter()
-        self.follower.catch_up()  # every write acknowledged by any replica before this search is in it
+        if self.store.shared:  # every write acknowledged by any replica before this search is in it
+            self.follower.catch_up()
         t0 = time.perf_counter()
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)

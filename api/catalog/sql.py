@@ -48,6 +48,9 @@ class SqlCatalogStore(SqlEvents, SqlChangeLog, SqlEmbeddings):
         self.engine = engine
         self._insert = dialect_insert(engine)
         self.origin = uuid.uuid4().hex  # this process in the change log
+        # Other processes write to it: every replica of a PostgreSQL database. The embedded SQLite file has
+        # one server; a command writing beside it (`seesku catalog import`) is followed by the poll alone.
+        self.shared = engine.dialect.name != "sqlite"
         self._pending = []
         # Every read and write of this process is serialised: SQLite allows one writer anyway, the catalogue's
         # reads are point lookups, and the read caches below must never be filled from before the last commit.

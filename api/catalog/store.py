@@ -22,6 +22,7 @@ __all__ = ["AlreadyExists", "CatalogStore", "Event", "ImageRecord", "NewImage", 
 
 class CatalogStore(Protocol):
     origin: str  # this process's name in the change log
+    shared: bool  # other processes (replicas) write to it: searches catch up with the log first
 
     def close(self) -> None: ...
 
