@@ -7,6 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,6 +30,7 @@ def init_worker(
 ) -> None:
     """A worker's start: `pids` (a queue) learns its process id, so that the run can kill it at once."""
     pids.put(os.getpid())
+    _exit_with_parent()
     # Ctrl-C reaches the whole process group; the run that owns the workers decides when they stop (the CLI
     # writes its partial output, a server's job runner re-queues its job), not the signal, mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -44,6 +47,19 @@ def init_worker(
         _worker["embedder"] = embedder_factory()
     except Exception as exc:  # raised from tag_batch instead, where the run reports it; from here it would be lost
         _worker["embedder_error"] = exc
+
+
+def _exit_with_parent() -> None:
+    """A worker outlives a parent killed with SIGKILL (a replica's pod evicted): it would hold a model
+    session and a gigabyte of memory for nothing. It watches its parent and exits once it is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:

@@ -289,6 +289,8 @@ def test_a_tagging_job_whose_replica_is_killed_finishes_on_the_other(tmp_path, p
             time.sleep(0.1)
         b = deployment.start("b")  # started after A took the job: B can only get it from a dead A
         assert b.get(f"/v1/tagging/jobs/{job_id}").json()["state"] == "running"  # B sees A's progress
+        workers = children(deployment.procs["a"].pid)  # A's spawned decode-and-embed workers
+        assert workers
         deployment.kill("a")
         killed_at = b.get(f"/v1/tagging/jobs/{job_id}").json()["done"]
         assert 0 < killed_at < 400
@@ -302,6 +304,20 @@ def test_a_tagging_job_whose_replica_is_killed_finishes_on_the_other(tmp_path, p
         assert paths == sorted(f"shelf/{i:03d}.jpg" for i in range(400))  # every photo, once
         groups = b.get(f"/v1/tagging/jobs/{job_id}/duplicates").json()["groups"]
         assert len(groups) >= 150  # the repeats were found, across both replicas' halves
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # they went with A
         print(f"tagging job: A killed at {killed_at}/400, finished on B")
     finally:
         deployment.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
