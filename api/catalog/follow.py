@@ -136,7 +136,7 @@ class ChangeFollower:
             self._thread = None
 
     def _poll(self) -> None:
-        last_prune = 0.0
+        last_prune, failing = 0.0, False
         while not self._stop.wait(self.interval_s):
             try:
                 self.catch_up()
@@ -144,4 +144,10 @@ class ChangeFollower:
                     self.store.prune_changes(RETENTION_S)
                     last_prune = time.monotonic()
             except Exception as exc:  # the database or the index is away: the next round tries again
-                log.warning("following the catalogue's changes failed: %s", exc)
+                if not failing:  # once per outage, not every round
+                    log.warning("following the catalogue's changes failed (retrying quietly): %s", exc)
+                failing = True
+                continue
+            if failing:
+                log.warning("following the catalogue's changes again")
+                failing = False
