@@ -73,20 +73,27 @@ class TagState:
     def set_groups(self, groups: dict[str, int]) -> list[dict]:
         """Store each photo's duplicate group (None: none) and return every row in input order, as `rows`.
         Only rows whose group changed are rewritten: most photos have none, before and after."""
-        rows, changed = [], []
-        for key, row in self.db.execute("SELECT key, row FROM photos ORDER BY ord"):
-            data = json.loads(row)
-            group = groups.get(key)
-            if data.get("duplicate_group") != group:
-                data["duplicate_group"] = group
-                changed.append((json.dumps(data), key))
-            rows.append(data)
+        rows, changed = regroup(self.db.execute("SELECT key, row FROM photos ORDER BY ord"), groups)
         with self.db:
-            self.db.executemany("UPDATE photos SET row = ? WHERE key = ?", changed)
+            self.db.executemany("UPDATE photos SET row = ? WHERE key = ?", [(r, k) for k, r in changed])
         return rows
 
     def close(self) -> None:
         self.db.close()
+
+
+def regroup(stored, groups: dict[str, int]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Each stored (key, row JSON) with its duplicate group set: every row in order, and the (key, row JSON)
+    of those whose group changed (most photos have none, before and after)."""
+    rows, changed = [], []
+    for key, row in stored:
+        data = json.loads(row)
+        group = groups.get(key)
+        if data.get("duplicate_group") != group:
+            data["duplicate_group"] = group
+            changed.append((key, json.dumps(data)))
+        rows.append(data)
+    return rows, changed
 
 
 def _blob(v: np.ndarray | None) -> bytes | None:
@@ -155,15 +162,9 @@ class SqlTagState:
 
     def set_groups(self, groups: dict[str, int]) -> list[dict]:
         t = db.tagging_results.c
-        rows, changed = [], []
         with reading(self.engine) as conn:
-            for key, row in conn.execute(self._select(t.key, t.row)):
-                data = json.loads(row)
-                group = groups.get(key)
-                if data.get("duplicate_group") != group:
-                    data["duplicate_group"] = group
-                    changed.append({"k": key, "r": json.dumps(data)})
-                rows.append(data)
+            rows, changed = regroup(conn.execute(self._select(t.key, t.row)), groups)
+        changed = [{"k": k, "r": r} for k, r in changed]
         if changed:
             statement = (
                 update(db.tagging_results).where(self._mine & (t.key == bindparam("k"))).values(row=bindparam("r"))
