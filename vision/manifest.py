@@ -44,6 +44,19 @@ class GalleryConfig(BaseModel):
     weight: float
 
 
+class QuantizationRecord(BaseModel):
+    """How an int8 graph was made from its fp32 parent (`seesku quantize`), and what it cost on val."""
+
+    method: str = Field(description="the tool and its mode, e.g. nncf post-training, mixed preset")
+    parent: str = Field(description="served id (model:version) of the fp32 graph it was quantized from")
+    calibration: str = Field(description="data and split the calibration photos came from (never test)")
+    calibration_photos: int
+    calibration_checksum: str = Field(description="sha256 over the calibration photos' bytes, in order")
+    ignored: list[str] = Field([], description="graph nodes kept in fp32")
+    val: dict[str, dict[str, float]] = Field(description="fp32 and int8 figures on the val split")
+    gate: dict[str, float | bool] = Field(description="the allowed drops and whether the int8 graph met them")
+
+
 class ModelManifest(BaseModel):
     model_id: str
     version: str
@@ -56,6 +69,8 @@ class ModelManifest(BaseModel):
     coarse_labels: list[str]
     fine_to_coarse: list[int] = Field(description="index into coarse_labels for each fine label")
     onnx_file: str = "1/model.onnx"
+    precision: str = Field("fp32", description="fp32, or int8 (a QDQ graph made by `seesku quantize`)")
+    quantization: QuantizationRecord | None = None
     metrics: dict[str, float] = {}
     command: str = Field("", description="the command that produced this model")
     data_checksum: str = Field("", description="sha256 over the training photos and labels (empty: untrained heads)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import typer
 
-from api.cli import catalog, db, evaluate, keys, serve, tag, train, triton
+from api.cli import catalog, db, evaluate, keys, quantize, serve, tag, train, triton
 
 app = typer.Typer(help="seesku: visual product recognition.", no_args_is_help=True, add_completion=False)
 app.command()(serve.serve)
 app.command()(catalog.search)
 app.command()(tag.tag)
 app.command("export-onnx")(train.export_onnx)
+app.command()(quantize.quantize)
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")

@@ -2,7 +2,7 @@
 shopper scorer (a shopper's history in, a score per product out).
 
 Every runtime implements the `Embedder` or `ShopperScorer` protocol and is picked by one setting
-(`SEESKU_INFERENCE`: `onnx` in-process, or `triton://HOST:PORT`) through `create_embedder` and
+(`SEESKU_INFERENCE`: `onnx` or `openvino` in-process, or `triton://HOST:PORT`) through `create_embedder` and
 `create_shopper_scorer`, the way one setting maps to a session class. None of them imports torch.
 """
 
@@ -41,7 +41,7 @@ class BulkPlan:
     fork_safe: bool = True  # False: the runtime's client library must start afresh in a spawned process (gRPC)
 
 
-SUPPORTED = "'onnx', 'triton://HOST:PORT'"
+SUPPORTED = "'onnx', 'openvino', 'triton://HOST:PORT'"
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -90,12 +90,16 @@ def create_embedder(
     timeout_s: float = 5.0,
     retries: int = 2,
 ) -> Embedder:
-    """inference: 'onnx' (in-process) or 'triton://host:grpc_port'; model_dir holds the manifest (and, for
-    'onnx', the graph). threads applies to ONNX Runtime; the rest to Triton."""
+    """inference: 'onnx' or 'openvino' (in-process) or 'triton://host:grpc_port'; model_dir holds the manifest
+    (and, in-process, the graph). threads applies in-process; the rest to Triton."""
     if inference == "onnx":
         from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
         return OnnxRuntimeEmbedder(model_dir, threads=threads)
+    if inference == "openvino":
+        from vision.runtimes.openvino import OpenVinoEmbedder
+
+        return OpenVinoEmbedder(model_dir, threads=threads)
     if inference.startswith("triton://"):
         from vision.runtimes.triton import TritonEmbedder
 
@@ -107,8 +111,8 @@ def create_shopper_scorer(
     inference: str, model_dir: str | Path, timeout_s: float = 5.0, retries: int = 2
 ) -> ShopperScorer:
     """The shopper model on the runtime `inference` names (as `create_embedder`); model_dir holds its manifest
-    (and, for 'onnx', the graph)."""
-    if inference == "onnx":
+    (and, in-process, the graph). Under 'openvino' it runs on ONNX Runtime: a graph this small gains nothing."""
+    if inference in ("onnx", "openvino"):
         from vision.runtimes.onnx import OnnxShopperScorer
 
         return OnnxShopperScorer(model_dir)

@@ -1,0 +1,158 @@
+"""`seesku quantize`: int8 post-training quantization of an exported graph, gated on val.
+
+NNCF calibrates on training photos only (the activations' ranges; no weights are trained) and writes a QDQ
+ONNX graph, which OpenVINO runs on its int8 kernels and ONNX Runtime can still open, so the int8 model is a
+model folder like any other. The graph keeps the fp32 graph's contract (uint8 NHWC in, normalised inside).
+
+The gate compares the int8 graph, on the runtime that serves it (OpenVINO), with the fp32 graph on ONNX
+Runtime, on the val split: fine and coarse top-1 and photo-to-catalogue R@1 may drop by at most the allowed
+points. When the first attempt fails, the heads, projection and voting gallery (every MatMul/Gemm after the
+backbone) stay in fp32 and it tries again; when that fails too, nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from training.data import PhotoSet, load_photos
+from training.evaluate import _load_pixels, embed_photos
+from training.metrics import recall_at_k, topk_accuracy
+from vision.manifest import INPUT_NAME, ModelManifest, QuantizationRecord
+from vision.runtimes.onnx import OnnxRuntimeEmbedder
+
+# Attempts in order: NNCF's defaults, then everything after the convolutions kept in fp32.
+ATTEMPTS: tuple[tuple[str, list[str]], ...] = (("all layers", []), ("heads in fp32", ["MatMul", "Gemm"]))
+
+
+class GateFailed(RuntimeError):
+    """The int8 graph lost more accuracy on val than allowed; nothing was written."""
+
+
+def calibration_photos(data: Path, count: int, seed: int) -> tuple[PhotoSet, list[Path], str]:
+    """`count` training photos, a seeded draw over the train split (never val or test), and their checksum."""
+    train = load_photos(data, "train")
+    if not len(train):
+        raise ValueError(f"{data}: the train split has no photos to calibrate on")
+    paths = [p.path for p in train.photos]
+    random.Random(seed).shuffle(paths)
+    paths = paths[:count]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return train, paths, digest.hexdigest()
+
+
+def val_figures(embedder, val: PhotoSet) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Fine and coarse top-1 and photo-to-catalogue R@1 of `embedder` on val; also its embeddings and fine
+    predictions, for the agreement with the other precision."""
+    embedding, fine, coarse = embed_photos(embedder, [p.path for p in val.photos])
+    fine_true = np.array([p.fine for p in val.photos])
+    coarse_true = np.array([p.coarse for p in val.photos])
+    figures = {"fine_top1": topk_accuracy(fine, fine_true, 1), "coarse_top1": topk_accuracy(coarse, coarse_true, 1)}
+    if val.iconic:
+        iconic = sorted(val.iconic.items())
+        gallery = embed_photos(embedder, [path for _, path in iconic])[0]
+        figures["catalogue_r1"] = recall_at_k(embedding, fine_true, gallery, np.array([f for f, _ in iconic]), 1)
+    return figures, embedding, fine.argmax(axis=1)
+
+
+def _quantize_graph(graph: Path, pixels: np.ndarray, ignored_types: list[str], out: Path) -> None:
+    import nncf
+    import onnx
+
+    dataset = nncf.Dataset([{INPUT_NAME: pixels[i : i + 1]} for i in range(len(pixels))])
+    ignored = nncf.IgnoredScope(types=ignored_types) if ignored_types else None
+    quantized = nncf.quantize(onnx.load(str(graph)), dataset, subset_size=len(pixels), ignored_scope=ignored)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantized, str(out))
+
+
+def _gate(fp32: dict[str, float], int8: dict[str, float], max_drop: float, max_r1_drop: float) -> dict:
+    allowed = {"fine_top1": max_drop, "coarse_top1": max_drop, "catalogue_r1": max_r1_drop}
+    drops = {k: round(fp32[k] - int8[k], 4) for k in allowed if k in fp32}
+    return {
+        **{f"{k}_drop": v for k, v in drops.items()},
+        "max_drop": max_drop,
+        "max_r1_drop": max_r1_drop,
+        "passed": all(drops[k] <= allowed[k] + 1e-9 for k in drops),
+    }
+
+
+def _int8_manifest(fp32: ModelManifest, record: QuantizationRecord, graph: Path, command: str) -> ModelManifest:
+    version = hashlib.sha256(graph.read_bytes()).hexdigest()[:12]
+    return fp32.model_copy(
+        update={
+            "model_id": f"{fp32.model_id}-int8",
+            "version": version,
+            "precision": "int8",
+            "quantization": record,
+            "command": command,
+            "onnx_file": "1/model.onnx",
+            "metrics": {},  # the parent's parity figures are not this graph's; its own are in quantization.val
+        }
+    )
+
+
+def quantize(
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    calibration: int = 300,
+    seed: int = 0,
+    max_drop: float = 0.005,
+    max_r1_drop: float = 0.01,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> ModelManifest:
+    """Quantize `model_dir`'s fp32 graph into the model folder `out`; raises GateFailed when val says no."""
+    from vision.runtimes.openvino import OpenVinoEmbedder
+
+    reference = OnnxRuntimeEmbedder(model_dir)
+    fp32 = reference.manifest
+    if fp32.precision != "fp32":
+        raise ValueError(f"{model_dir} is already {fp32.precision}: quantize its fp32 parent")
+    train, paths, checksum = calibration_photos(data, calibration, seed)
+    val = load_photos(data, "val")
+    if not len(val):
+        raise ValueError(f"{data}: the val split has no photos for the accuracy gate")
+    log(f"calibrating on {len(paths)} of {len(train)} train photos; gate on {len(val)} val photos")
+    pixels = _load_pixels(paths, fp32.input.spec())
+    fp32_figures, fp32_embedding, fp32_fine = val_figures(reference, val)
+    log("fp32 on val: " + ", ".join(f"{k} {v:.4f}" for k, v in fp32_figures.items()))
+
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as scratch:
+        staged = Path(scratch) / "model"
+        for name, ignored in ATTEMPTS:
+            _quantize_graph(model_dir / fp32.onnx_file, pixels, ignored, staged / "1" / "model.onnx")
+            fp32.model_copy(update={"onnx_file": "1/model.onnx"}).save(staged)
+            int8_figures, embedding, fine = val_figures(OpenVinoEmbedder(staged), val)
+            int8_figures["fine_agreement"] = float((fine == fp32_fine).mean())
+            int8_figures["embedding_cosine_mean"] = float((embedding * fp32_embedding).sum(axis=1).mean())
+            gate = _gate(fp32_figures, int8_figures, max_drop, max_r1_drop)
+            log(f"int8 ({name}) on val: " + ", ".join(f"{k} {v:.4f}" for k, v in int8_figures.items()))
+            if gate["passed"]:
+                break
+        else:
+            raise GateFailed(f"int8 lost more than allowed on val in every attempt: {gate}")
+        record = QuantizationRecord(
+            method="nncf post-training quantization (QDQ ONNX, per-channel weights, fast bias correction)",
+            parent=fp32.served_id,
+            calibration=f"{train.source}",
+            calibration_photos=len(paths),
+            calibration_checksum=checksum,
+            ignored=ignored,
+            val={"fp32": fp32_figures, "int8": int8_figures},
+            gate=gate,
+        )
+        _int8_manifest(fp32, record, staged / "1" / "model.onnx", command).save(staged)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(staged), str(out))  # the folder appears whole, or not at all
+    return ModelManifest.load(out)

@@ -1,0 +1,88 @@
+"""In-process OpenVINO: the same exported graph as ONNX Runtime (fp32, or the int8 QDQ graph of
+`seesku quantize`), compiled by OpenVINO's CPU plugin.
+
+Search asks for one photo at a time and wants it back soon: the graph is compiled with the LATENCY hint,
+one stream over `threads` cores. Bulk tagging wants images per second: like ONNX Runtime, one
+single-threaded compiled model per core, each in a process that decodes its own batches (`bulk_plan`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
+from vision.runtimes import BulkPlan, EmbedderOutput
+
+MISSING = "SEESKU_INFERENCE=openvino needs the OpenVINO runtime: pip install 'seesku[openvino]' (or `make .venv/.dev`)"
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as error:
+        raise RuntimeError(MISSING) from error
+    return openvino
+
+
+class OpenVinoEmbedder:
+    def __init__(self, model_dir: str | Path, threads: int = 0):
+        _openvino()  # a missing package is a start-up error, not the first search's
+        self.model_dir = Path(model_dir)
+        self.manifest = ModelManifest.load(self.model_dir)
+        self.threads = threads
+        self._compiled = None
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()  # idle infer requests, one per concurrent caller
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._compiled is not None
+
+    def load(self) -> None:
+        if self._compiled is None:
+            with self._lock:
+                if self._compiled is None:
+                    ov = _openvino()
+                    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+                    if self.threads:
+                        config["INFERENCE_NUM_THREADS"] = self.threads
+                    self._compiled = ov.Core().compile_model(
+                        str(self.model_dir / self.manifest.onnx_file), "CPU", config
+                    )
+
+    def health(self) -> str | None:
+        return None if self.loaded else "model not loaded"
+
+    def bulk_plan(self) -> BulkPlan:
+        # As ONNX Runtime's plan: a multi-threaded run waits at every layer for its slowest thread.
+        cores = self.threads or os.cpu_count() or 1
+        workers = min(cores, 8)
+        return BulkPlan(partial(OpenVinoEmbedder, self.model_dir, threads=max(1, cores // workers)), workers)
+
+    def embed(self, pixels: np.ndarray) -> EmbedderOutput:
+        size = self.manifest.input.size
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
+        self.load()
+        # An infer request serves one caller at a time; the service's threads each take an idle one.
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            request.infer({INPUT_NAME: pixels})
+            embedding, fine, coarse = (request.get_tensor(name).data.copy() for name in OUTPUT_NAMES)
+        finally:
+            self._requests.put(request)
+        return EmbedderOutput(embedding, fine, coarse)
+
+    def close(self) -> None:
+        with self._lock:
+            self._compiled = None
+            self._requests = queue.SimpleQueue()
