@@ -6,8 +6,9 @@ model folder like any other. The graph keeps the fp32 graph's contract (uint8 NH
 
 The gate compares the int8 graph, on the runtime that serves it (OpenVINO), with the fp32 graph on ONNX
 Runtime, on the val split: fine and coarse top-1 and photo-to-catalogue R@1 may drop by at most the allowed
-points. When the first attempt fails, the heads, projection and voting gallery (every MatMul/Gemm after the
-backbone) stay in fp32 and it tries again; when that fails too, nothing is written.
+points; when they drop more, nothing is written. Everything after the backbone's pooling (projection, L2
+normalisation, heads, voting gallery) stays in fp32: it is about 2 % of the time, and a quantized projection
+output divided by the norm of the unquantized one left embeddings with norms from 0.93 to 1.6.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from training.metrics import recall_at_k, topk_accuracy
 from vision.manifest import INPUT_NAME, ModelManifest, QuantizationRecord
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
-# Attempts in order: NNCF's defaults, then everything after the convolutions kept in fp32.
-ATTEMPTS: tuple[tuple[str, list[str]], ...] = (("all layers", []), ("heads in fp32", ["MatMul", "Gemm"]))
+POOLING = ("GlobalAveragePool", "ReduceMean")
 
 
 class GateFailed(RuntimeError):
@@ -63,15 +63,29 @@ def val_figures(embedder, val: PhotoSet) -> tuple[dict[str, float], np.ndarray, 
     return figures, embedding, fine.argmax(axis=1)
 
 
-def _quantize_graph(graph: Path, pixels: np.ndarray, ignored_types: list[str], out: Path) -> None:
+def head_nodes(model) -> list[str]:
+    """Names of the nodes after the backbone's last pooling (an ONNX graph lists its nodes in topological
+    order): what stays in fp32."""
+    nodes = list(model.graph.node)
+    last = max((i for i, n in enumerate(nodes) if n.op_type in POOLING), default=None)
+    if last is None:
+        raise ValueError("the graph has no global pooling: cannot tell the backbone from the heads")
+    return [n.name for n in nodes[last + 1 :]]
+
+
+def _quantize_graph(graph: Path, pixels: np.ndarray, out: Path) -> list[str]:
     import nncf
     import onnx
 
+    model = onnx.load(str(graph))
+    ignored = head_nodes(model)
     dataset = nncf.Dataset([{INPUT_NAME: pixels[i : i + 1]} for i in range(len(pixels))])
-    ignored = nncf.IgnoredScope(types=ignored_types) if ignored_types else None
-    quantized = nncf.quantize(onnx.load(str(graph)), dataset, subset_size=len(pixels), ignored_scope=ignored)
+    quantized = nncf.quantize(
+        model, dataset, subset_size=len(pixels), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(quantized, str(out))
+    return ignored
 
 
 def _gate(fp32: dict[str, float], int8: dict[str, float], max_drop: float, max_r1_drop: float) -> dict:
@@ -129,18 +143,19 @@ def quantize(
 
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as scratch:
         staged = Path(scratch) / "model"
-        for name, ignored in ATTEMPTS:
-            _quantize_graph(model_dir / fp32.onnx_file, pixels, ignored, staged / "1" / "model.onnx")
-            fp32.model_copy(update={"onnx_file": "1/model.onnx"}).save(staged)
-            int8_figures, embedding, fine = val_figures(OpenVinoEmbedder(staged), val)
-            int8_figures["fine_agreement"] = float((fine == fp32_fine).mean())
-            int8_figures["embedding_cosine_mean"] = float((embedding * fp32_embedding).sum(axis=1).mean())
-            gate = _gate(fp32_figures, int8_figures, max_drop, max_r1_drop)
-            log(f"int8 ({name}) on val: " + ", ".join(f"{k} {v:.4f}" for k, v in int8_figures.items()))
-            if gate["passed"]:
-                break
-        else:
-            raise GateFailed(f"int8 lost more than allowed on val in every attempt: {gate}")
+        ignored = _quantize_graph(model_dir / fp32.onnx_file, pixels, staged / "1" / "model.onnx")
+        fp32.model_copy(update={"onnx_file": "1/model.onnx"}).save(staged)
+        int8_figures, embedding, fine = val_figures(OpenVinoEmbedder(staged), val)
+        cosine = (embedding * fp32_embedding).sum(axis=1)
+        int8_figures |= {
+            "fine_agreement": float((fine == fp32_fine).mean()),
+            "embedding_cosine_mean": float(cosine.mean()),
+            "embedding_cosine_min": float(cosine.min()),
+        }
+        log("int8 on val: " + ", ".join(f"{k} {v:.4f}" for k, v in int8_figures.items()))
+        gate = _gate(fp32_figures, int8_figures, max_drop, max_r1_drop)
+        if not gate["passed"]:
+            raise GateFailed(f"int8 lost more than allowed on val: {gate}")
         record = QuantizationRecord(
             method="nncf post-training quantization (QDQ ONNX, per-channel weights, fast bias correction)",
             parent=fp32.served_id,

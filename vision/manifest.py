@@ -90,7 +90,13 @@ class ModelManifest(BaseModel):
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ModelManifest:
-        return cls.model_validate_json((Path(model_dir) / MANIFEST_NAME).read_text())
+        path = Path(model_dir) / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no model at {model_dir}: {MANIFEST_NAME} is missing (`seesku export-onnx` writes an fp32 model "
+                "folder, `seesku quantize` an int8 one)"
+            )
+        return cls.model_validate_json(path.read_text())
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / MANIFEST_NAME

@@ -1,6 +1,7 @@
 """`seesku train vision|recommender` and `seesku export-onnx`: training and export (the train extras).
 
-The one part of the API package that imports training/ (with api/cli/evaluate.py): the service never does.
+The one part of the API package that imports training/ (with api/cli/evaluate.py and api/cli/quantize.py): the
+service never does.
 """
 
 from __future__ import annotations
