@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     follow_interval_s: float = Field(
         0.5, ge=0, description="how often a replica polls the catalogue's change log; 0 = only before searches"
     )
-    onnx_threads: int = Field(0, ge=0, description="in-process inference threads (ONNX Runtime or OpenVINO); 0 = all cores")
+    onnx_threads: int = Field(
+        0, ge=0, description="in-process inference threads (ONNX Runtime or OpenVINO); 0 = all cores"
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
     max_images_per_request: int = Field(32, gt=0, description="photos in one POST /v1/products/{id}/images")
