@@ -13,6 +13,11 @@ The load generator is the standard library's `http.client` on one keep-alive con
 lightest Python client: on two cores it shares the CPUs with the server, so its own cost lands in every
 latency. `client_overhead` times it and httpx on `GET /healthz` (no model work): the HTTP round-trip floor
 (measured 0.72 ms; httpx 0.04 ms more).
+
+`runtimes` compares the in-process runtimes end to end: one server per runtime (ONNX Runtime fp32, the
+baseline; OpenVINO fp32; OpenVINO on the int8 graph of `seesku quantize`), started together and measured in
+interleaved rounds at concurrency 1, fresh servers `--servers` times; each runtime's p50 over the baseline's
+is the median over those starts.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ from common import MODEL_DIR, QUERY_PHOTOS, ROOT, emit, median_ms, percentile
 
 from vision.preprocess import load_image
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
+
+INT8_DIR = ROOT / "triton_models" / "product_embedder_int8"
+RUNTIMES = {  # name -> the settings that pick it; the first is the baseline
+    "onnxruntime_fp32": {"SEESKU_INFERENCE": "onnx"},
+    "openvino_fp32": {"SEESKU_INFERENCE": "openvino"},
+    "openvino_int8": {"SEESKU_INFERENCE": "openvino", "SEESKU_MODEL_DIR": str(INT8_DIR)},
+}
 
 
 def start_server(settings: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
@@ -165,6 +177,49 @@ def measure_server(url: str, photos: list[bytes], decode_embed, requests: int) -
     }
 
 
+def compare_runtimes(names: list[str], photos: list[bytes], requests: int, starts: int, rounds: int = 10) -> dict:
+    """p50 at concurrency 1 of one server per runtime, interleaved rounds; `starts` sets of fresh servers."""
+    per_round = max(1, requests // rounds)
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    p50s: dict[str, list[float]] = {name: [] for name in names}
+    server_ms: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    for _ in range(starts):
+        servers = {}
+        try:
+            for name in names:  # the others sit idle while one is measured
+                servers[name] = start_server(RUNTIMES[name])
+            for url, _ in servers.values():
+                load(url, photos, 1, 20)  # warm-up
+            run_p50s: dict[str, list[float]] = {name: [] for name in names}
+            for _ in range(rounds):
+                for name, (url, _) in servers.items():
+                    r = load(url, photos, 1, per_round)
+                    run_p50s[name].append(r["p50_ms"])
+                    for part, ms in r["server_ms"].items():
+                        server_ms[name].setdefault(part, []).append(ms)
+        finally:
+            for _, proc in servers.values():
+                proc.terminate()
+                proc.wait()
+        base = statistics.median(run_p50s[names[0]])
+        for name in names:
+            p50s[name].append(statistics.median(run_p50s[name]))
+            ratios[name].append(round(p50s[name][-1] / base, 3))
+    return {
+        "baseline": names[0],
+        "starts": starts,
+        **{
+            name: {
+                "p50_c1_ms": round(statistics.median(p50s[name]), 2),
+                "p50_over_baseline": round(statistics.median(ratios[name]), 3),
+                "p50_over_baseline_each_start": ratios[name],
+                "server_ms": {part: round(statistics.median(v), 2) for part, v in server_ms[name].items()},
+            }
+            for name in names
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url")
@@ -176,6 +231,12 @@ def main() -> None:
         help="server processes started one after another (the headline is their median): on "
         "this shared 2-core machine one process can sit at 1.24x and the next at 1.42x",
     )
+    parser.add_argument(
+        "--runtimes",
+        default=",".join(RUNTIMES),
+        help=f"runtimes compared end to end, the first is the baseline; '' for none (of {', '.join(RUNTIMES)})",
+    )
+    parser.add_argument("--skip-overhead", action="store_true", help="only the runtime comparison")
     args = parser.parse_args()
     photos = [p.read_bytes() for p in QUERY_PHOTOS]
 
@@ -188,7 +249,7 @@ def main() -> None:
         embedder.embed(load_image(photos[next(cycle) % len(photos)], spec)[None])
 
     runs, floor = [], None
-    for _ in range(1 if args.url else args.servers):
+    for _ in range(0 if args.skip_overhead else 1 if args.url else args.servers):
         url, proc = (args.url, None) if args.url else start_server()
         try:
             runs.append(measure_server(url, photos, decode_embed, args.requests))
@@ -198,6 +259,11 @@ def main() -> None:
                 proc.terminate()
                 proc.wait()
 
+    names = [n for n in args.runtimes.split(",") if n] if not args.url else []
+    runtimes = compare_runtimes(names, photos, args.requests, args.servers) if names else None
+    if not runs:
+        emit({"bench": "search_e2e", "runtimes": runtimes})
+        return
     # The server with the median ratio stands for the run; every server's figures follow.
     headline = sorted(runs, key=lambda r: r["p50_c1_over_decode_embed"])[len(runs) // 2]
     emit(
@@ -210,6 +276,7 @@ def main() -> None:
                 r["p50_c1_over_decode_embed_one_per_request"] for r in runs
             ],
             "client_overhead": floor,
+            "runtimes": runtimes,
         }
     )
 

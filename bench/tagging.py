@@ -10,6 +10,10 @@ Throughput: `seesku tag`'s engine (worker processes that decode and embed their 
 matching, state writes) in photos/s, next to the embedder's own images/s on preloaded pixels, measured before and after the
 tagging run on the same machine in two ways (one batch of 32 at a time on all cores; and as the engine runs
 it, one batch per core on single-threaded sessions); the ratio is against the faster of the two.
+
+`runtimes` runs the same job on every in-process runtime (ONNX Runtime fp32, the baseline; OpenVINO fp32;
+OpenVINO on the int8 graph of `seesku quantize`), `--runtime-rounds` interleaved rounds, each runtime with
+its own catalogue embedded by its own model; photos/s over the baseline's is the median over the rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ from PIL import Image, ImageEnhance
 from vision.preprocess import load_image, torch_resize
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
+INT8_DIR = ROOT / "triton_models" / "product_embedder_int8"
+RUNTIMES = {  # name -> the settings that pick it; the first is the baseline
+    "onnxruntime_fp32": {"inference": "onnx"},
+    "openvino_fp32": {"inference": "openvino"},
+    "openvino_int8": {"inference": "openvino", "model_dir": INT8_DIR},
+}
 SOURCES = sorted((ROOT / "samples" / "catalog").glob("*.jpg"))
 
 
@@ -117,11 +127,65 @@ def bulk_rate(embedder, pixels: np.ndarray, batch: int = 32, rounds: int = 4, sa
     return statistics.median(rates)
 
 
+def tag_rate(folder: Path, settings: dict) -> float:
+    """Photos/s of one `seesku tag` job over `folder` on the runtime `settings` pick (a fresh catalogue)."""
+    from api.catalog.csv_io import import_catalog_csv
+    from api.catalog.service import CatalogService
+    from api.settings import Settings
+    from api.tagging.run import Tagger, TagOptions
+    from api.tagging.sources import list_items
+
+    work = Path(tempfile.mkdtemp(prefix="seesku-tag-"))
+    try:
+        config = Settings(data_dir=work / "data", **settings)
+        service = CatalogService(config)
+        service.open()
+        import_catalog_csv(service, config.sample_catalog)
+        tagger = Tagger(service.embedder, service.ranking.catalogue_matches, TagOptions())
+        items = list_items(folder)
+        started = time.perf_counter()
+        summary = tagger.run(items, work / "tags.csv")
+        rate = summary.tagged_now / (time.perf_counter() - started)
+        service.close()
+        return rate
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_runtimes(folder: Path, names: list[str], rounds: int) -> dict:
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            rates[name].append(tag_rate(folder, RUNTIMES[name]))
+        for name in names:
+            ratios[name].append(round(rates[name][-1] / rates[names[0]][-1], 3))
+    return {
+        "baseline": names[0],
+        "rounds": rounds,
+        **{
+            name: {
+                "tag_photos_per_s": round(statistics.median(rates[name]), 1),
+                "over_baseline": round(statistics.median(ratios[name]), 3),
+                "photos_per_s_each_round": [round(r, 1) for r in rates[name]],
+            }
+            for name in names
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=5000)
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "seesku-bench-tagging")
     parser.add_argument("--duplicate-threshold", type=float, default=None, help="default: the CLI's default")
+    parser.add_argument(
+        "--runtimes",
+        default=",".join(RUNTIMES),
+        help=f"runtimes the job is compared on, the first is the baseline; '' for none (of {', '.join(RUNTIMES)})",
+    )
+    parser.add_argument("--runtime-rounds", type=int, default=3)
+    parser.add_argument("--skip-single", action="store_true", help="only the runtime comparison")
     args = parser.parse_args()
 
     from api.catalog.csv_io import import_catalog_csv
@@ -135,6 +199,11 @@ def main() -> None:
         shutil.rmtree(folder.with_suffix(".tmp"), ignore_errors=True)
         generate(folder.with_suffix(".tmp"), args.photos)
         folder.with_suffix(".tmp").rename(folder)
+    names = [n for n in args.runtimes.split(",") if n]
+    runtimes = compare_runtimes(folder, names, args.runtime_rounds) if names else None
+    if args.skip_single:
+        emit({"bench": "tagging", "photos": args.photos, "runtimes": runtimes})
+        return
     truth = _truth(folder)
 
     work = Path(tempfile.mkdtemp(prefix="seesku-tag-"))
@@ -193,6 +262,7 @@ def main() -> None:
                 "k": options.k,
                 "decode_resample": "torch" if torch_resize(threads=None) else "pillow",
             },
+            "runtimes": runtimes,
         }
     )
     shutil.rmtree(work, ignore_errors=True)
