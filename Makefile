@@ -24,8 +24,8 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 # against numpy 1. `seesku triton serve` and the tests use both.
 $(VENV)/.triton: | $(BIN)/python
 	$(PIP) --no-deps nvidia-pytriton==0.7.0
-	$(PIP) --target $(VENV)/triton-stub 'numpy<2' 'onnxruntime~=1.32.0' pillow pillow-heif pydantic 2>&1 | grep -v "requires\|incompatible\|dependency resolver" || true
-	test -d $(VENV)/triton-stub/numpy
+	$(PIP) --target $(VENV)/triton-stub 'numpy<2' 'onnxruntime~=1.32.0' 'openvino~=2026.4.1' pillow pillow-heif pydantic 2>&1 | grep -v "requires\|incompatible\|dependency resolver" || true
+	test -d $(VENV)/triton-stub/numpy && test -d $(VENV)/triton-stub/openvino
 	touch $@
 
 triton: $(VENV)/.serve $(VENV)/.triton

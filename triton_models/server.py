@@ -1,9 +1,9 @@
 """A local, real Triton Inference Server on CPU: the `tritonserver` binary of the nvidia-pytriton wheel.
 
 That build has only the python backend, so `prepare_repository` lays out a repository where the python
-backend embedder (product_embedder_py: ONNX Runtime inside) is served under the name `product_embedder`, and
-the python backend shopper model (user_recommender_py) under `user_recommender`, beside `preprocess` and the
-`recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
+backend embedder (product_embedder_py: ONNX Runtime inside, or OpenVINO for an int8 graph) is served under
+the name `product_embedder`, and the python backend shopper model (user_recommender_py) under
+`user_recommender`, beside `preprocess` and the `recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
 serves this folder as it is with the official Triton image (see deploy/).
 
 Used by `seesku triton serve`, the tests' session fixture and bench/triton_vs_onnx.py.
@@ -49,7 +49,7 @@ class TritonInstall:
     backends: Path  # python backend library + utils, the stub for this Python beside them
     libs: Path  # the wheel's bundled shared libraries (LD_LIBRARY_PATH)
     stub: Path
-    stub_packages: Path  # numpy<2, onnxruntime, pillow, pydantic for the stub: it is built against numpy 1
+    stub_packages: Path  # numpy<2, onnxruntime, openvino, pillow, pydantic for the stub: built against numpy 1
 
 
 def find_install() -> TritonInstall:

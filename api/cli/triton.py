@@ -20,7 +20,11 @@ def triton_serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port")] = 8003,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     model_dir: Annotated[
-        Optional[Path], typer.Option(help="exported embedder (manifest.json + graph); the shipped one by default")
+        Optional[Path],
+        typer.Option(
+            help="exported embedder (manifest.json + graph); the shipped one by default; an int8 folder "
+            "(triton_models/product_embedder_int8) runs on OpenVINO"
+        ),
     ] = None,
     workdir: Annotated[Path, typer.Option(help="where the prepared model repository and backends go")] = Path(
         "data/triton"

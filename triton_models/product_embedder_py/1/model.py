@@ -1,7 +1,10 @@
-"""Triton python backend: the product embedder's ONNX graph run by ONNX Runtime.
+"""Triton python backend: the product embedder's ONNX graph run in-process by ONNX Runtime or OpenVINO.
 
 For Triton builds without the onnxruntime backend (the CPU `tritonserver` of the nvidia-pytriton wheel).
-Triton's dynamic batcher hands `execute` several requests at once; they run as one ONNX Runtime batch.
+Triton's dynamic batcher hands `execute` several requests at once; they run as one batch.
+The `runtime` parameter picks the runtime; `auto` takes each graph's fastest measured one (bench/embed.py):
+OpenVINO for the int8 graph of `seesku quantize` (ONNX Runtime runs it at a third of fp32's speed), ONNX
+Runtime for fp32.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vision.manifest import INPUT_NAME, OUTPUT_NAMES
+from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
+from vision.runtimes.openvino import OpenVinoEmbedder
 
 
 def model_folder(args: dict) -> Path:
@@ -30,15 +34,23 @@ def model_folder(args: dict) -> Path:
     return own if (own / "manifest.json").exists() else own.parent / "product_embedder"
 
 
+def create_embedder(folder: Path, parameters: dict[str, str]):
+    runtime = parameters.get("runtime", "auto")
+    if runtime == "auto":
+        runtime = "openvino" if ModelManifest.load(folder).precision == "int8" else "onnx"
+    threads = int(parameters.get("intra_op_threads", "0"))
+    if runtime == "openvino":
+        return OpenVinoEmbedder(folder, threads=threads)
+    if runtime == "onnx":
+        return OnnxRuntimeEmbedder(folder, threads=threads, spinning=parameters.get("allow_spinning", "0") == "1")
+    raise ValueError(f"product_embedder: unknown runtime parameter {runtime!r} (auto, onnx or openvino)")
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self.embedder = OnnxRuntimeEmbedder(
-            model_folder(args),
-            threads=int(parameters.get("intra_op_threads", "0")),
-            spinning=parameters.get("allow_spinning", "0") == "1",
-        )
+        self.embedder = create_embedder(model_folder(args), parameters)
         self.embedder.load()
 
     def execute(self, requests):
