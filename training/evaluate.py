@@ -30,7 +30,7 @@ from training.metrics import (
     topk_accuracy,
 )
 from vision.preprocess import InputSpec, load_image
-from vision.runtimes.onnx import OnnxRuntimeEmbedder
+from vision.runtimes import Embedder, create_embedder, fastest_runtime
 
 # Published results on the Grocery Store test split (fine / coarse top-1), see ../shared/data/grocery_store/SOURCE.md.
 PUBLISHED = {
@@ -57,7 +57,7 @@ def _load_pixels(paths: list[Path], spec: InputSpec) -> np.ndarray:
         return np.stack(list(pool.map(lambda p: load_image(p.read_bytes(), spec), paths)))
 
 
-def embed_photos(embedder: OnnxRuntimeEmbedder, paths: list[Path], batch: int = 32, progress=None):
+def embed_photos(embedder: Embedder, paths: list[Path], batch: int = 32, progress=None):
     spec = embedder.manifest.input.spec()
     outputs = []
     for i in range(0, len(paths), batch):
@@ -71,7 +71,7 @@ def embed_photos(embedder: OnnxRuntimeEmbedder, paths: list[Path], batch: int = 
     )
 
 
-def model_throughput(embedder: OnnxRuntimeEmbedder, pixels: np.ndarray, rounds: int = 5) -> dict[str, float]:
+def model_throughput(embedder: Embedder, pixels: np.ndarray, rounds: int = 5) -> dict[str, float]:
     """Model-only images/s at batch 1 and batch 16, median of `rounds` timed passes after a warm-up."""
     result = {}
     for batch in (1, 16):
@@ -111,8 +111,11 @@ def evaluate(
     name: str | None = None,
     log: Callable[[str], None] = print,
     progress=None,
+    runtime: str | None = None,
 ) -> dict:
-    embedder = OnnxRuntimeEmbedder(model_dir)
+    """runtime: 'onnx' or 'openvino'; by default the one that serves this model (`fastest_runtime`)."""
+    runtime = runtime or fastest_runtime(model_dir)
+    embedder = create_embedder(runtime, model_dir)
     manifest = embedder.manifest
     photos = load_photos(data, split)
     trained_data, _, trained_splits = manifest.trained_on.rpartition(":")
@@ -157,6 +160,8 @@ def evaluate(
         "model": name,
         "model_id": manifest.model_id,
         "model_dir": str(model_dir),
+        "runtime": runtime,
+        "precision": manifest.precision,
         "manifest_command": manifest.command,
         "dataset": dataset_name(photos),
         "split": split,

@@ -29,12 +29,15 @@ def eval_vision(
         Optional[Path], typer.Option(help="report to (re)write from every result in OUT; default OUT/<dataset>.md")
     ] = None,
     name: Annotated[Optional[str], typer.Option(help="label of this model in the report; default its model_id")] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="onnx or openvino; default the model's fastest (openvino for int8)")
+    ] = None,
 ) -> None:
     """Evaluate an exported model on a split through the service's own preprocess and runtime."""
     from training.evaluate import evaluate, write_report
 
     try:
-        result = evaluate(model, data, split, out, name=name, log=lambda m: typer.echo(m, err=True))
+        result = evaluate(model, data, split, out, name=name, log=lambda m: typer.echo(m, err=True), runtime=runtime)
     except ValueError as exc:  # an empty split, a model trained on this split
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)

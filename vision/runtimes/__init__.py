@@ -82,6 +82,13 @@ class ShopperScorer(Protocol):
     def close(self) -> None: ...
 
 
+def fastest_runtime(model_dir: str | Path) -> str:
+    """The in-process runtime measured fastest for this model folder (bench/embed.py): OpenVINO for an int8
+    graph, which ONNX Runtime runs at a third of fp32's speed; ONNX Runtime for fp32, which OpenVINO runs
+    about as fast (1.07-1.15x) but tags slower (0.91x)."""
+    return "openvino" if ModelManifest.load(model_dir).precision == "int8" else "onnx"
+
+
 def create_embedder(
     inference: str,
     model_dir: str | Path,

@@ -2,9 +2,8 @@
 
 For Triton builds without the onnxruntime backend (the CPU `tritonserver` of the nvidia-pytriton wheel).
 Triton's dynamic batcher hands `execute` several requests at once; they run as one batch.
-The `runtime` parameter picks the runtime; `auto` takes each graph's fastest measured one (bench/embed.py):
-OpenVINO for the int8 graph of `seesku quantize` (ONNX Runtime runs it at a third of fp32's speed), ONNX
-Runtime for fp32.
+The `runtime` parameter picks the runtime; `auto` takes the graph's fastest measured one
+(`vision.runtimes.fastest_runtime`: OpenVINO for the int8 graph of `seesku quantize`, ONNX Runtime for fp32).
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
+from vision.manifest import INPUT_NAME, OUTPUT_NAMES
+from vision.runtimes import fastest_runtime
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 from vision.runtimes.openvino import OpenVinoEmbedder
 
@@ -37,7 +37,7 @@ def model_folder(args: dict) -> Path:
 def create_embedder(folder: Path, parameters: dict[str, str]):
     runtime = parameters.get("runtime", "auto")
     if runtime == "auto":
-        runtime = "openvino" if ModelManifest.load(folder).precision == "int8" else "onnx"
+        runtime = fastest_runtime(folder)
     threads = int(parameters.get("intra_op_threads", "0"))
     if runtime == "openvino":
         return OpenVinoEmbedder(folder, threads=threads)
