@@ -174,7 +174,7 @@ def compare_runtimes(folder: Path, names: list[str], rounds: int) -> dict:
     }
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=5000)
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "seesku-bench-tagging")
@@ -186,14 +186,11 @@ def main() -> None:
     )
     parser.add_argument("--runtime-rounds", type=int, default=3)
     parser.add_argument("--skip-single", action="store_true", help="only the runtime comparison")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from api.catalog.csv_io import import_catalog_csv
-    from api.catalog.service import CatalogService
-    from api.settings import Settings
-    from api.tagging.run import Tagger, TagOptions
-    from api.tagging.sources import list_items
 
+def main() -> None:
+    args = _arguments()
     folder = args.folder / f"photos-{args.photos}"
     if not folder.exists():  # generated once, then reused
         shutil.rmtree(folder.with_suffix(".tmp"), ignore_errors=True)
@@ -204,24 +201,30 @@ def main() -> None:
     if args.skip_single:
         emit({"bench": "tagging", "photos": args.photos, "runtimes": runtimes})
         return
-    truth = _truth(folder)
+    emit({**_tag_with_default_service(folder, args.duplicate_threshold), "runtimes": runtimes})
 
+
+def _tag_with_default_service(folder: Path, duplicate_threshold: float | None) -> dict:
+    """One tagging job on the service's default embedder, the model alone timed before and after it."""
+    from api.catalog.csv_io import import_catalog_csv
+    from api.catalog.service import CatalogService
+    from api.settings import Settings
+    from api.tagging.run import Tagger, TagOptions
+    from api.tagging.sources import list_items
+
+    truth = _truth(folder)
     work = Path(tempfile.mkdtemp(prefix="seesku-tag-"))
     settings = Settings(data_dir=work / "data")
     service = CatalogService(settings)
     service.open()
-    import_catalog_csv(
-        service, settings.sample_catalog
-    )  # catalogue matches against the sample catalogue, as `make run` has
+    import_catalog_csv(service, settings.sample_catalog)  # matches against the sample catalogue, as `make run` has
     embedder = service.embedder
     spec = service.manifest.input.spec()
     pixels = np.stack([load_image(p.read_bytes(), spec) for p in sorted(folder.rglob("*.jpg"))[:32]])
 
     before = embedder_rate(embedder, pixels)
     bulk_before = bulk_rate(embedder, pixels)
-    options = (
-        TagOptions() if args.duplicate_threshold is None else TagOptions(duplicate_threshold=args.duplicate_threshold)
-    )
+    options = TagOptions() if duplicate_threshold is None else TagOptions(duplicate_threshold=duplicate_threshold)
     tagger = Tagger(embedder, service.ranking.catalogue_matches, options)
     items = list_items(folder)
     out = work / "tags.csv"
@@ -233,39 +236,36 @@ def main() -> None:
     service.close()
 
     rows = {r["path"]: r["duplicate_group"] for r in csv.DictReader(open(out, newline=""))}
+    shutil.rmtree(work, ignore_errors=True)
     predicted, actual = pairs_of(rows), pairs_of(truth)
     true_pairs = len(predicted & actual)
     embed_rate = statistics.median([before, after])
     bulk = statistics.median([bulk_before, bulk_after])
     best = max(embed_rate, bulk)  # tagging is compared with the faster way of running the model alone
-    emit(
-        {
-            "bench": "tagging",
-            "model": service.model_id,
-            "photos": len(items),
-            "true_duplicate_pairs": len(actual),
-            "tag_photos_per_s": round(summary.tagged_now / wall, 1),
-            "embedder_batch32_img_s": round(embed_rate, 1),
-            "embedder_batch32_img_s_before_after": [round(before, 1), round(after, 1)],
-            "embedder_bulk_img_s": round(bulk, 1),
-            "embedder_bulk_img_s_before_after": [round(bulk_before, 1), round(bulk_after, 1)],
-            "embedder_bulk": "1-thread ONNX Runtime session, one batch of 32 per core at once (Embedder.bulk_plan)",
-            "tag_over_embedder": round(summary.tagged_now / wall / best, 3),
-            "duplicate_threshold": options.duplicate_threshold,
-            "layout_threshold": options.layout_threshold,
-            "duplicate_pairs_predicted": len(predicted),
-            "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
-            "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,
-            "options": {
-                "batch": options.batch,
-                "workers": tagger.workers,
-                "k": options.k,
-                "decode_resample": "torch" if torch_resize(threads=None) else "pillow",
-            },
-            "runtimes": runtimes,
-        }
-    )
-    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "bench": "tagging",
+        "model": service.model_id,
+        "photos": len(items),
+        "true_duplicate_pairs": len(actual),
+        "tag_photos_per_s": round(summary.tagged_now / wall, 1),
+        "embedder_batch32_img_s": round(embed_rate, 1),
+        "embedder_batch32_img_s_before_after": [round(before, 1), round(after, 1)],
+        "embedder_bulk_img_s": round(bulk, 1),
+        "embedder_bulk_img_s_before_after": [round(bulk_before, 1), round(bulk_after, 1)],
+        "embedder_bulk": "1-thread session, one batch of 32 per core at once (Embedder.bulk_plan)",
+        "tag_over_embedder": round(summary.tagged_now / wall / best, 3),
+        "duplicate_threshold": options.duplicate_threshold,
+        "layout_threshold": options.layout_threshold,
+        "duplicate_pairs_predicted": len(predicted),
+        "duplicate_pair_precision": round(true_pairs / len(predicted), 4) if predicted else None,
+        "duplicate_pair_recall": round(true_pairs / len(actual), 4) if actual else None,
+        "options": {
+            "batch": options.batch,
+            "workers": tagger.workers,
+            "k": options.k,
+            "decode_resample": "torch" if torch_resize(threads=None) else "pillow",
+        },
+    }
 
 
 def _truth(folder: Path) -> dict[str, str]:
