@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vision.preprocess import Limits
@@ -31,9 +31,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEESKU_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("data"), description="catalogue database, photos and vector index")
-    model_dir: Path = Field(REPO_ROOT / "triton_models" / "product_embedder", description="ONNX graph + manifest")
+    model_dir: Path | None = Field(
+        None,
+        description="the product model's folder (ONNX graph + manifest); unset: the int8 model under `openvino`, "
+        "the fp32 one otherwise",
+    )
     inference: str = Field(
-        "onnx",
+        "openvino",
         pattern=r"^(onnx|openvino|triton://[^/:]+:\d+)$",
         description="embedder runtime: `onnx` (in-process ONNX Runtime), `openvino` (in-process OpenVINO) or "
         "`triton://HOST:GRPC_PORT`",
@@ -120,6 +124,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     _engine: Engine | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _default_model_for_the_runtime(self) -> Settings:
+        # The int8 graph passed its gate (training/reports/model-card.md) and runs fastest on OpenVINO
+        # (bench/embed.py); ONNX Runtime runs it at a third of fp32's speed, and Triton serves the fp32 folder.
+        if self.model_dir is None:
+            folder = "product_embedder_int8" if self.inference == "openvino" else "product_embedder"
+            self.model_dir = REPO_ROOT / "triton_models" / folder
+        return self
 
     # -- settings as objects --------------------------------------------------------------------
     def limits(self) -> Limits:

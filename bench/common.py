@@ -15,6 +15,14 @@ sys.path.insert(0, str(ROOT))
 
 QUERY_PHOTOS = sorted((ROOT / "samples" / "queries").glob("*.jpg"))
 MODEL_DIR = ROOT / "triton_models" / "product_embedder"
+INT8_DIR = ROOT / "triton_models" / "product_embedder_int8"
+# The in-process runtimes the benchmarks compare, as the settings that pick them; the first is the baseline:
+# the service as it was before OpenVINO (ONNX Runtime, fp32).
+RUNTIMES = {
+    "onnxruntime_fp32": {"inference": "onnx", "model_dir": MODEL_DIR},
+    "openvino_fp32": {"inference": "openvino", "model_dir": MODEL_DIR},
+    "openvino_int8": {"inference": "openvino", "model_dir": INT8_DIR},
+}
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

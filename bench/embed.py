@@ -14,14 +14,12 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from common import MODEL_DIR, QUERY_PHOTOS, ROOT, emit, median_ms
+from common import INT8_DIR, MODEL_DIR, QUERY_PHOTOS, emit, median_ms
 
 from vision.manifest import ModelManifest
 from vision.preprocess import load_image
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 from vision.runtimes.openvino import OpenVinoEmbedder
-
-INT8_DIR = ROOT / "triton_models" / "product_embedder_int8"
 
 
 def torch_runner(manifest: ModelManifest):

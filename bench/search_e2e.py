@@ -36,17 +36,15 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
-from common import MODEL_DIR, QUERY_PHOTOS, ROOT, emit, median_ms, percentile
+from common import MODEL_DIR, QUERY_PHOTOS, ROOT, RUNTIMES, emit, median_ms, percentile
 
 from vision.preprocess import load_image
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
-INT8_DIR = ROOT / "triton_models" / "product_embedder_int8"
-RUNTIMES = {  # name -> the settings that pick it; the first is the baseline
-    "onnxruntime_fp32": {"SEESKU_INFERENCE": "onnx"},
-    "openvino_fp32": {"SEESKU_INFERENCE": "openvino"},
-    "openvino_int8": {"SEESKU_INFERENCE": "openvino", "SEESKU_MODEL_DIR": str(INT8_DIR)},
-}
+
+def runtime_env(name: str) -> dict[str, str]:
+    """The environment that picks the runtime `name` of RUNTIMES."""
+    return {f"SEESKU_{key.upper()}": str(value) for key, value in RUNTIMES[name].items()}
 
 
 def start_server(settings: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
@@ -187,7 +185,7 @@ def compare_runtimes(names: list[str], photos: list[bytes], requests: int, start
         servers = {}
         try:
             for name in names:  # the others sit idle while one is measured
-                servers[name] = start_server(RUNTIMES[name])
+                servers[name] = start_server(runtime_env(name))
             for url, _ in servers.values():
                 load(url, photos, 1, 20)  # warm-up
             run_p50s: dict[str, list[float]] = {name: [] for name in names}
@@ -240,7 +238,8 @@ def main() -> None:
     args = parser.parse_args()
     photos = [p.read_bytes() for p in QUERY_PHOTOS]
 
-    # The model's own work on the same photos, in this process, while the server is idle.
+    # The model's own work on the same photos, in this process, while the server is idle; the server runs
+    # the same runtime and model.
     embedder = OnnxRuntimeEmbedder(MODEL_DIR)
     spec = embedder.manifest.input.spec()
     cycle = iter(range(10**9))
@@ -250,7 +249,7 @@ def main() -> None:
 
     runs, floor = [], None
     for _ in range(0 if args.skip_overhead else 1 if args.url else args.servers):
-        url, proc = (args.url, None) if args.url else start_server()
+        url, proc = (args.url, None) if args.url else start_server(runtime_env("onnxruntime_fp32"))
         try:
             runs.append(measure_server(url, photos, decode_embed, args.requests))
             floor = floor or client_overhead(url)

@@ -31,18 +31,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, emit, median_ms
+from common import ROOT, RUNTIMES, emit, median_ms
 from PIL import Image, ImageEnhance
 
 from vision.preprocess import load_image, torch_resize
 from vision.runtimes.onnx import OnnxRuntimeEmbedder
 
-INT8_DIR = ROOT / "triton_models" / "product_embedder_int8"
-RUNTIMES = {  # name -> the settings that pick it; the first is the baseline
-    "onnxruntime_fp32": {"inference": "onnx"},
-    "openvino_fp32": {"inference": "openvino"},
-    "openvino_int8": {"inference": "openvino", "model_dir": INT8_DIR},
-}
 SOURCES = sorted((ROOT / "samples" / "catalog").glob("*.jpg"))
 
 

@@ -6,7 +6,10 @@ model folder like any other. The graph keeps the fp32 graph's contract (uint8 NH
 
 The gate compares the int8 graph, on the runtime that serves it (OpenVINO), with the fp32 graph on ONNX
 Runtime, on the val split: fine and coarse top-1 and photo-to-catalogue R@1 may drop by at most the allowed
-points; when they drop more, nothing is written. Everything after the backbone's pooling (projection, L2
+points, and the int8 embeddings must keep a mean cosine with the fp32 ones of at least `min_cosine`; when
+either fails, nothing is written. The cosine criterion is there because val alone could not see a bad
+graph: the shipped model was fit on train+val, so val accuracy hardly moves, while the first int8 graph
+(cosine 0.9755 on val) lost 5.8 points fine top-1 on test. Everything after the backbone's pooling (projection, L2
 normalisation, heads, voting gallery) stays in fp32: it is about 2 % of the time, and a quantized projection
 output divided by the norm of the unquantized one left embeddings with norms from 0.93 to 1.6.
 """
@@ -76,26 +79,39 @@ def head_nodes(model) -> list[str]:
 def _quantize_graph(graph: Path, pixels: np.ndarray, out: Path) -> list[str]:
     import nncf
     import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     model = onnx.load(str(graph))
     ignored = head_nodes(model)
     dataset = nncf.Dataset([{INPUT_NAME: pixels[i : i + 1]} for i in range(len(pixels))])
+    # Overflow fix on every layer, not only the first (NNCF's default): CPUs without VNNI (AVX2, AVX-512
+    # without VNNI) multiply u8 x s8 pairs with vpmaddubsw, whose int16 sum saturates; 7-bit weights keep it
+    # in range. Measured on this AVX2 machine, val embedding cosine with fp32: 0.9755 -> 0.9976, at the
+    # same speed. On VNNI/AMX CPUs it costs half a bit of weight precision and nothing else.
     quantized = nncf.quantize(
-        model, dataset, subset_size=len(pixels), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False)
+        model,
+        dataset,
+        subset_size=len(pixels),
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(quantized, str(out))
     return ignored
 
 
-def _gate(fp32: dict[str, float], int8: dict[str, float], max_drop: float, max_r1_drop: float) -> dict:
+def _gate(
+    fp32: dict[str, float], int8: dict[str, float], max_drop: float, max_r1_drop: float, min_cosine: float
+) -> dict:
     allowed = {"fine_top1": max_drop, "coarse_top1": max_drop, "catalogue_r1": max_r1_drop}
     drops = {k: round(fp32[k] - int8[k], 4) for k in allowed if k in fp32}
     return {
         **{f"{k}_drop": v for k, v in drops.items()},
         "max_drop": max_drop,
         "max_r1_drop": max_r1_drop,
-        "passed": all(drops[k] <= allowed[k] + 1e-9 for k in drops),
+        "embedding_cosine_mean": round(int8["embedding_cosine_mean"], 4),
+        "min_cosine": min_cosine,
+        "passed": all(drops[k] <= allowed[k] + 1e-9 for k in drops) and int8["embedding_cosine_mean"] >= min_cosine,
     }
 
 
@@ -122,6 +138,7 @@ def quantize(
     seed: int = 0,
     max_drop: float = 0.005,
     max_r1_drop: float = 0.01,
+    min_cosine: float = 0.99,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> ModelManifest:
@@ -153,11 +170,11 @@ def quantize(
             "embedding_cosine_min": float(cosine.min()),
         }
         log("int8 on val: " + ", ".join(f"{k} {v:.4f}" for k, v in int8_figures.items()))
-        gate = _gate(fp32_figures, int8_figures, max_drop, max_r1_drop)
+        gate = _gate(fp32_figures, int8_figures, max_drop, max_r1_drop, min_cosine)
         if not gate["passed"]:
             raise GateFailed(f"int8 lost more than allowed on val: {gate}")
         record = QuantizationRecord(
-            method="nncf post-training quantization (QDQ ONNX, per-channel weights, fast bias correction)",
+            method="nncf post-training quantization (QDQ ONNX, per-channel 7-bit weights: overflow fix on all layers; fast bias correction)",
             parent=fp32.served_id,
             calibration=f"{train.source}",
             calibration_photos=len(paths),

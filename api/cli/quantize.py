@@ -23,6 +23,9 @@ def quantize(
     seed: Annotated[int, typer.Option(help="seed of the calibration draw")] = 0,
     max_drop: Annotated[float, typer.Option(min=0, help="allowed fine/coarse top-1 drop on val (fraction)")] = 0.005,
     max_r1_drop: Annotated[float, typer.Option(min=0, help="allowed photo-to-catalogue R@1 drop on val")] = 0.01,
+    min_cosine: Annotated[
+        float, typer.Option(min=0, max=1, help="least mean cosine of int8 with fp32 embeddings on val")
+    ] = 0.99,
 ) -> None:
     """Quantize the served graph to int8 with NNCF on training photos; write it only if val says it kept its
     accuracy (the manifest records the calibration photos, both precisions' val figures and the command)."""
@@ -41,6 +44,7 @@ def quantize(
             seed,
             max_drop,
             max_r1_drop,
+            min_cosine,
             command_line(),
             log=lambda m: typer.echo(m, err=True),
         )

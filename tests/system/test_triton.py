@@ -108,7 +108,9 @@ def test_search_end_to_end_through_triton(triton_server, tmp_path):
         resp = client.post("/v1/search", content=query.read_bytes(), headers={"Content-Type": "image/jpeg"})
         assert resp.status_code == 200, resp.text
         via_triton = resp.json()
-    with TestClient(create_app(make_settings(tmp_path / "local", load_samples=True))) as client:
+    # Triton's product_embedder serves the fp32 graph: compare with the same graph in-process.
+    local = make_settings(tmp_path / "local", load_samples=True, inference="onnx")
+    with TestClient(create_app(local)) as client:
         in_process = client.post(
             "/v1/search", content=query.read_bytes(), headers={"Content-Type": "image/jpeg"}
         ).json()

@@ -39,7 +39,7 @@ def test_quantize_command_writes_a_gated_int8_model(tiny_data, tmp_path):
     out = tmp_path / "int8"
     done = subprocess.run(
         [str(REPO_ROOT / ".venv/bin/seesku"), "quantize", "--data", str(tiny_data), "--out", str(out),
-         "--calibration", "6", "--max-drop", "0.5", "--max-r1-drop", "0.5"],
+         "--calibration", "6", "--max-drop", "0.5", "--max-r1-drop", "0.5", "--min-cosine", "0.5"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -58,6 +58,14 @@ def test_a_failed_gate_writes_nothing(tiny_data, tmp_path):
     with pytest.raises(GateFailed):
         # A drop below zero cannot be met: the gate must refuse, and leave no folder behind.
         quantize(FP32, tiny_data, out, calibration=4, max_drop=-1.0, log=lambda m: None)
+    assert not out.exists()
+
+
+def test_embeddings_far_from_fp32_fail_the_gate_even_when_accuracy_holds(tiny_data, tmp_path):
+    out = tmp_path / "int8"
+    # Any drop allowed, but int8 never reproduces fp32 exactly: the cosine criterion alone must refuse.
+    with pytest.raises(GateFailed, match="min_cosine"):
+        quantize(FP32, tiny_data, out, calibration=4, max_drop=1.0, max_r1_drop=1.0, min_cosine=1.0, log=lambda m: None)
     assert not out.exists()
 
 

@@ -83,7 +83,9 @@ def test_bulk_plan_and_bad_input():
 
 def test_missing_package_is_a_clear_start_up_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "openvino", None)
-    with pytest.raises(RuntimeError, match=r"pip install 'seesku\[openvino\]'"):
+    with pytest.raises(
+        RuntimeError, match=r"pip install 'openvino>=2025.3', or run on ONNX Runtime with SEESKU_INFERENCE=onnx"
+    ):
         create_embedder("openvino", FP32)
 
 
@@ -101,4 +103,5 @@ def test_shipped_int8_manifest_records_calibration_and_gate():
     for metric in ("fine_top1", "coarse_top1"):
         assert q.val["fp32"][metric] - q.val["int8"][metric] <= q.gate["max_drop"] + 1e-9
     assert q.val["fp32"]["catalogue_r1"] - q.val["int8"]["catalogue_r1"] <= q.gate["max_r1_drop"] + 1e-9
+    assert q.val["int8"]["embedding_cosine_mean"] >= q.gate["min_cosine"] >= 0.99
     assert manifest.command.startswith("seesku quantize")

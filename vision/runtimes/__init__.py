@@ -2,7 +2,7 @@
 shopper scorer (a shopper's history in, a score per product out).
 
 Every runtime implements the `Embedder` or `ShopperScorer` protocol and is picked by one setting
-(`SEESKU_INFERENCE`: `onnx` or `openvino` in-process, or `triton://HOST:PORT`) through `create_embedder` and
+(`SEESKU_INFERENCE`: `openvino`, the default, or `onnx` in-process, or `triton://HOST:PORT`) through `create_embedder` and
 `create_shopper_scorer`, the way one setting maps to a session class. None of them imports torch.
 """
 
@@ -83,9 +83,10 @@ class ShopperScorer(Protocol):
 
 
 def fastest_runtime(model_dir: str | Path) -> str:
-    """The in-process runtime measured fastest for this model folder (bench/embed.py): OpenVINO for an int8
-    graph, which ONNX Runtime runs at a third of fp32's speed; ONNX Runtime for fp32, which OpenVINO runs
-    about as fast (1.07-1.15x) but tags slower (0.91x)."""
+    """The in-process runtime for this model folder where nothing else is said (`seesku eval vision`, Triton's
+    python backend): OpenVINO for an int8 graph, which ONNX Runtime runs at a third of fp32's speed; ONNX
+    Runtime for fp32, the reference every fp32 figure was measured on (OpenVINO runs fp32 1.07-1.15x as fast
+    on an AVX2 CPU, 1.46-1.73x on an AVX-512 one, where it computes in bf16: bench/embed.py)."""
     return "openvino" if ModelManifest.load(model_dir).precision == "int8" else "onnx"
 
 
