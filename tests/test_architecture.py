@@ -88,7 +88,11 @@ def test_modules_and_functions_stay_small():
         ("api.catalog.index:VectorIndex", ["api.catalog.index:FaissIndex"]),
         (
             "vision.runtimes:Embedder",
-            ["vision.runtimes.onnx:OnnxRuntimeEmbedder", "vision.runtimes.triton:TritonEmbedder"],
+            [
+                "vision.runtimes.openvino:OpenVinoEmbedder",
+                "vision.runtimes.onnx:OnnxRuntimeEmbedder",
+                "vision.runtimes.triton:TritonEmbedder",
+            ],
         ),
         (
             "vision.runtimes:ShopperScorer",
