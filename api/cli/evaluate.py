@@ -82,3 +82,52 @@ def eval_recommender(
     else:
         for key, value in metrics.items():
             typer.echo(f"{key:10s} {value:.4f}")
+
+
+@app.command("channels")
+def eval_channels(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
+    split: Annotated[str, typer.Option(help="train, val or test")] = "val",
+    model: Annotated[
+        Optional[Path], typer.Option(exists=True, file_okay=False, help="model folder; default the service's")
+    ] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="onnx or openvino; default the service's")] = None,
+    channel: Annotated[Optional[list[str]], typer.Option(help="a channel to deliver on (repeat); default all")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="only the first N photos of the split")] = None,
+    name: Annotated[Optional[str], typer.Option(help="label of this run; default the model id")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the JSON and the table")] = REPO_ROOT
+    / "training"
+    / "reports"
+    / "channels",
+) -> None:
+    """Top-1 of every photo of a split on every channel (re-encoded, resized, converted, EXIF-rotated),
+    through the service's own search: per channel, the worst, and the agreement across channels."""
+    import tempfile
+
+    from api.catalog.csv_io import import_catalog_csv
+    from api.catalog.service import CatalogService
+    from api.settings import Settings
+    from training.channels import CHANNELS, evaluate_channels, write
+
+    unknown = sorted(set(channel or []) - set(CHANNELS))
+    if unknown:
+        typer.echo(f"error: unknown channel(s) {unknown}; known: {', '.join(CHANNELS)}", err=True)
+        raise typer.Exit(2)
+    chosen = {"model_dir": model, "inference": runtime}
+    with tempfile.TemporaryDirectory(prefix="seesku-channels-") as scratch:
+        settings = Settings(data_dir=Path(scratch), load_samples=False, **{k: v for k, v in chosen.items() if v})
+        service = CatalogService(settings)
+        service.open()
+        try:
+            import_catalog_csv(service, settings.sample_catalog)  # the catalogue `make run` serves
+            result = evaluate_channels(
+                data, split, service, settings.inference, channel, limit, log=lambda m: typer.echo(m, err=True)
+            )
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        finally:
+            service.close()
+    path = write(result, out, name or result["model"].replace(":", "-"), split)
+    typer.echo(path.read_text(), err=True)
+    typer.echo(json.dumps(result))
