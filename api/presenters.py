@@ -71,6 +71,8 @@ def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -
             }
         )
     return {
+        "matched": result.matched,
+        "match_confidence": _rounded(result.match_confidence),
         "matches": matches,
         "categories": {
             level: [{"name": n, "probability": _rounded(p)} for n, p in scores]

@@ -77,6 +77,12 @@ class ModelInfo(BaseModel):
 
 
 class SearchResponse(BaseModel):
+    matched: bool = Field(
+        description="whether the first match is judged to be the photographed product: false means no exact "
+        "match, the list holds similar products (the rule: vision/match_rule.py, calibrated on val)"
+    )
+    match_confidence: float = Field(description="what `matched` was decided on: the mean of the first match's "
+                                    "visual score and the smaller of it and its category's probability")  # fmt: skip
     matches: list[Match]
     categories: Categories
     timings_ms: Timings

@@ -91,6 +91,7 @@ class SearchService(Protocol):
     embedder: Embedder
     manifest: ModelManifest
     model_id: str
+    ranking: object  # api.catalog.ranking.Ranking
 
     def search(self, data: bytes, k: int = 10): ...
 

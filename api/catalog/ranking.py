@@ -75,6 +75,11 @@ class Ranking:
             self._add_personal_scores(candidates, personal, personal_weight)
         return sorted(candidates.values(), key=lambda m: -m.score)[:k]  # stable: ties keep the visual order
 
+    def category_probability(self, product: Product, fine_probs: np.ndarray) -> float | None:
+        """The heads' probability of the product's fine category; None for a category they do not know."""
+        index = self._fine_position.get(product.fine_category)
+        return None if index is None else float(fine_probs[index])
+
     def catalogue_matches(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         """(product id, score) of the k best products by the search rule: bulk tagging's matcher."""
         return [(m.product.product_id, m.score) for m in self.rank(embedding, fine_probs, k)]

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from api.catalog.photos import Thumbnails
 from api.catalog.ranking import Match, Ranking, top_labels
 from api.catalog.records import ImageRecord, IndexUnavailable, NewImage, PhotoError, Product, UnknownCategory
 from api.settings import Settings
+from vision.match_rule import RULE_FILE, MatchRule
 from vision.preprocess import ImageError, load_image, prepare_photo
 from vision.runtimes import Embedder, EmbedderUnavailable
 
@@ -47,6 +49,8 @@ class SearchResult:
     fine: list[tuple[str, float]]
     coarse: list[tuple[str, float]]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    matched: bool = False  # the top product judged to be the photographed one (vision.match_rule)
+    match_confidence: float = 0.0
 
 
 class CatalogService:
@@ -57,6 +61,7 @@ class CatalogService:
         self.model_id = self.manifest.served_id
         self.spec = self.manifest.input.spec()
         self.limits = settings.limits()
+        self.match_rule = self._match_rule(settings.model_dir)
         self.store = settings.create_store()
         self.files = settings.create_photo_store()
         self.thumbnails = Thumbnails(settings.data_dir / "thumbs", self.files, self.limits)
@@ -291,9 +296,24 @@ class CatalogService:
         matches = self.ranking.rank(out.embedding[0], out.fine_probs[0], k, category, personal, personal_weight)
         t3 = time.perf_counter()
         timings = {"sync": t0 - t_sync, "decode": t1 - t0, "embed": t2 - t1, "search": t3 - t2, "total": t3 - t_sync}
+        top = matches[0] if matches else None
+        matched, confidence = self.match_rule.judge(
+            top and top.visual_score, top and self.ranking.category_probability(top.product, out.fine_probs[0])
+        )
         return SearchResult(
             matches=matches,
             fine=top_labels(self.manifest.fine_labels, out.fine_probs[0], top_categories),
             coarse=top_labels(self.manifest.coarse_labels, out.coarse_probs[0], top_categories),
             timings_ms={name: seconds * 1e3 for name, seconds in timings.items()},
+            matched=matched,
+            match_confidence=confidence,
         )
+
+    def _match_rule(self, model_dir: Path) -> MatchRule:
+        rule = MatchRule.load(model_dir)
+        if rule.calibrated_on is None:
+            log.warning("%s has no %s: `matched` uses the uncalibrated threshold %s (seesku eval open-set "
+                        "calibrates one)", model_dir, RULE_FILE, rule.threshold)  # fmt: skip
+        elif rule.model != self.model_id:
+            log.warning("%s was calibrated for %s, not %s", RULE_FILE, rule.model, self.model_id)
+        return rule

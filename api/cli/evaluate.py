@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -84,14 +86,19 @@ def eval_recommender(
             typer.echo(f"{key:10s} {value:.4f}")
 
 
+# The options of the commands that search through a service, as the service would run by default.
+ServiceModel = Annotated[
+    Optional[Path], typer.Option(exists=True, file_okay=False, help="model folder; default the service's")
+]
+ServiceRuntime = Annotated[Optional[str], typer.Option(help="onnx or openvino; default the service's")]
+
+
 @app.command("channels")
 def eval_channels(
     data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
     split: Annotated[str, typer.Option(help="train, val or test")] = "val",
-    model: Annotated[
-        Optional[Path], typer.Option(exists=True, file_okay=False, help="model folder; default the service's")
-    ] = None,
-    runtime: Annotated[Optional[str], typer.Option(help="onnx or openvino; default the service's")] = None,
+    model: ServiceModel = None,
+    runtime: ServiceRuntime = None,
     channel: Annotated[Optional[list[str]], typer.Option(help="a channel to deliver on (repeat); default all")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="only the first N photos of the split")] = None,
     name: Annotated[Optional[str], typer.Option(help="label of this run; default the model id")] = None,
@@ -102,32 +109,72 @@ def eval_channels(
 ) -> None:
     """Top-1 of every photo of a split on every channel (re-encoded, resized, converted, EXIF-rotated),
     through the service's own search: per channel, the worst, and the agreement across channels."""
-    import tempfile
-
-    from api.catalog.csv_io import import_catalog_csv
-    from api.catalog.service import CatalogService
-    from api.settings import Settings
     from training.channels import CHANNELS, evaluate_channels, write
 
     unknown = sorted(set(channel or []) - set(CHANNELS))
     if unknown:
         typer.echo(f"error: unknown channel(s) {unknown}; known: {', '.join(CHANNELS)}", err=True)
         raise typer.Exit(2)
-    chosen = {"model_dir": model, "inference": runtime}
-    with tempfile.TemporaryDirectory(prefix="seesku-channels-") as scratch:
-        settings = Settings(data_dir=Path(scratch), load_samples=False, **{k: v for k, v in chosen.items() if v})
-        service = CatalogService(settings)
-        service.open()
+    with sample_catalogue_service(model, runtime) as service:
         try:
-            import_catalog_csv(service, settings.sample_catalog)  # the catalogue `make run` serves
             result = evaluate_channels(
-                data, split, service, settings.inference, channel, limit, log=lambda m: typer.echo(m, err=True)
+                data, split, service, service.settings.inference, channel, limit, log=lambda m: typer.echo(m, err=True)
             )
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        finally:
-            service.close()
     path = write(result, out, name or result["model"].replace(":", "-"), split)
     typer.echo(path.read_text(), err=True)
     typer.echo(json.dumps(result))
+
+
+@app.command("open-set")
+def eval_open_set(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
+    split: Annotated[str, typer.Option(help="val calibrates the rule; other splits measure the stored one")] = "val",
+    model: ServiceModel = None,
+    runtime: ServiceRuntime = None,
+    non_products: Annotated[int, typer.Option(min=8, help="generated pictures of no product")] = 160,
+    write_rule: Annotated[bool, typer.Option(help="on val: write match_rule.json into the model folder")] = True,
+    out: Annotated[Path, typer.Option(help="folder for the result JSON")] = REPO_ROOT
+    / "training"
+    / "reports"
+    / "open_set",
+) -> None:
+    """`matched` on photos in the catalogue, of products removed from it and of no product: AUROC and both
+    error rates at the threshold (on val: calibrates the threshold and writes match_rule.json)."""
+    from api.cli.common import command_line
+    from training.open_set import NEGATIVE_QUANTILE, evaluate_open_set
+    from vision.match_rule import MatchRule
+
+    with sample_catalogue_service(model, runtime) as service:
+        model_dir = service.settings.model_dir
+        result, threshold = evaluate_open_set(
+            data, split, service, service.match_rule, non_products, log=lambda m: typer.echo(m, err=True)
+        )
+    if split == "val" and write_rule:
+        rule = MatchRule(threshold, f"{data.name}:{split}", service.model_id, command_line(), result)
+        typer.echo(f"wrote {rule.save(model_dir)} (the {NEGATIVE_QUANTILE}th percentile of the negatives)", err=True)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"open-set-{service.model_id.replace(':', '-')}-{split}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result))
+
+
+@contextmanager
+def sample_catalogue_service(model: Path | None, runtime: str | None):
+    """A catalogue service on a scratch data dir holding the sample catalogue (what `make run` serves)."""
+    from api.catalog.csv_io import import_catalog_csv
+    from api.catalog.service import CatalogService
+    from api.settings import Settings
+
+    chosen = {"model_dir": model, "inference": runtime}
+    with tempfile.TemporaryDirectory(prefix="seesku-eval-") as scratch:
+        settings = Settings(data_dir=Path(scratch), load_samples=False, **{k: v for k, v in chosen.items() if v})
+        service = CatalogService(settings)
+        service.open()
+        try:
+            import_catalog_csv(service, settings.sample_catalog)
+            yield service
+        finally:
+            service.close()

@@ -57,6 +57,21 @@ def test_camera_search_page_finds_the_product(live_server, browser):
     page.close()
 
 
+def test_camera_search_page_says_when_nothing_matches(live_server, browser, tmp_path):
+    from training.open_set import non_product_photos
+
+    base, _ = live_server
+    stripes = tmp_path / "stripes.jpg"
+    stripes.write_bytes(non_product_photos(1, seed=11)[0][1])  # blue-and-yellow-stripes of no product
+    page = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True)
+    page.goto(base + "/")
+    page.locator("input#photo").set_input_files(str(stripes))
+    page.locator("ol#matches li").first.wait_for(timeout=30_000)
+    assert page.locator("#results-title").inner_text() == "No exact match — similar products"
+    assert page.locator("#status").inner_text().startswith("No exact match — 5 similar products")
+    page.close()
+
+
 def test_merchandiser_page_runs_a_job_and_downloads_results(live_server, browser, tmp_path):
     base, _ = live_server
     photos = sorted((SAMPLES / "catalog").glob("*_*.jpg"))[:6]

@@ -47,12 +47,16 @@ function render(body) {
     li.dataset.productId = m.product_id;
     list.append(li);
   });
+  // matched false: the first product is not judged to be the photographed one; the list is what looks alike.
+  $("results-title").textContent = body.matched ? "Matching products" : "No exact match — similar products";
   $("results-title").hidden = false;
   const top = body.categories.fine[0];
   $("categories").replaceChildren(text("p", top ? `Looks like: ${top.name} (${pct(top.probability)})` : ""));
-  $("status").textContent = body.matches.length
-    ? `${body.matches.length} matching products; best: ${body.matches[0].name}`
-    : "No matching products in the catalogue.";
+  $("status").textContent = !body.matches.length
+    ? "No matching products in the catalogue."
+    : body.matched
+      ? `${body.matches.length} matching products; best: ${body.matches[0].name}`
+      : `No exact match — ${body.matches.length} similar products`;
 }
 
 let lastFailed = null;  // a photo refused for want of a key is sent again once a key is entered
