@@ -17,6 +17,7 @@ output divided by the norm of the unquantized one left embeddings with norms fro
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import shutil
 import tempfile
@@ -81,6 +82,7 @@ def _quantize_graph(graph: Path, pixels: np.ndarray, out: Path) -> list[str]:
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    nncf.set_log_level(logging.WARNING)  # its INFO lines, one per node left in fp32, drowned the gate's log
     model = onnx.load(str(graph))
     ignored = head_nodes(model)
     dataset = nncf.Dataset([{INPUT_NAME: pixels[i : i + 1]} for i in range(len(pixels))])

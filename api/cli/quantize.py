@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -36,18 +38,20 @@ def quantize(
         typer.echo(f"error: seesku quantize needs the train extras (pip install 'seesku[train]'): {error}", err=True)
         raise typer.Exit(1) from None
     try:
-        manifest = run(
-            model,
-            data,
-            out,
-            calibration,
-            seed,
-            max_drop,
-            max_r1_drop,
-            min_cosine,
-            command_line(),
-            log=lambda m: typer.echo(m, err=True),
-        )
+        # NNCF draws its progress on stdout: send it to stderr, so that stdout carries the JSON answer alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            manifest = run(
+                model,
+                data,
+                out,
+                calibration,
+                seed,
+                max_drop,
+                max_r1_drop,
+                min_cosine,
+                command_line(),
+                log=lambda m: typer.echo(m, err=True),
+            )
     except (GateFailed, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -43,7 +43,7 @@ def test_quantize_command_writes_a_gated_int8_model(tiny_data, tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    answer = json.loads(done.stdout)  # stdout is the answer alone
     manifest = ModelManifest.load(out)
     q = manifest.quantization
     assert manifest.precision == "int8" and answer["served_id"] == manifest.served_id
