@@ -1,10 +1,12 @@
 """What the vision trainer feeds the model: every photo decoded once (memory-mapped), augmentations that
-look like shoppers' phone photos, and P x K batches (P products, K photos each, plus their catalogue photo).
+look like shoppers' phone photos as the channels deliver them, and P x K batches (P products, K photos each,
+plus their catalogue photo).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -43,10 +45,67 @@ def decoded_cache(
     return np.load(file, mmap_mode="r")
 
 
-def phone_photo_augment(size: int) -> T.Compose:
-    """Augmentations that look like shoppers' phone photos: framing, tilt, perspective, light, blur, JPEG."""
+def _reencoded(im: Image.Image, fmt: str, **params) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **params)
+    buf.seek(0)
+    return Image.open(buf)
+
+
+def _jpeg(im: Image.Image, quality: int) -> Image.Image:
+    return _reencoded(im, "JPEG", quality=quality).convert("RGB")
+
+
+def _webp(im: Image.Image, quality: int) -> Image.Image:
+    return _reencoded(im, "WEBP", quality=quality).convert("RGB")
+
+
+def _palette(im: Image.Image, quality: int) -> Image.Image:
+    # GIF's 256 colours; the fast octree quantiser (under 1 ms) instead of median cut (100 ms), a like error
+    return im.quantize(256, method=Image.Quantize.FASTOCTREE).convert("RGB")
+
+
+def _web_size(im: Image.Image, quality: int) -> Image.Image:
+    side = 128 + quality  # a site's resized upload, 158-223 px short side, which training upsamples again
+    scale = side / min(im.size)
+    small = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+    return _jpeg(small, 85)
+
+
+def _dct_scaled(im: Image.Image, quality: int) -> Image.Image:
+    """A large camera JPEG as the service decodes it: libjpeg's DCT scaling (1/2 here) instead of a resample."""
+    big = _reencoded(im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC), "JPEG", quality=92)
+    big.draft("RGB", im.size)
+    return big.convert("RGB")
+
+
+# How channels deliver a photo (`training/channels.py` measures the same list through the service); each gets
+# a quality drawn from 30-95. AVIF and HEIC are left out: slow encoders whose artefacts JPEG and WebP cover.
+CHANNEL_CODECS = (_jpeg, _jpeg, _webp, _palette, _web_size, _dct_scaled)
+
+
+class ChannelDelivery(torch.nn.Module):
+    """With probability `p`, the photo re-delivered by one channel: re-encoded, converted or resized."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0 or torch.rand(()) >= self.p:
+            return image
+        codec = CHANNEL_CODECS[int(torch.randint(len(CHANNEL_CODECS), ()))]
+        quality = int(torch.randint(30, 96, ()))
+        im = Image.fromarray(image.permute(1, 2, 0).numpy())
+        return torch.from_numpy(np.asarray(codec(im, quality)).copy()).permute(2, 0, 1)
+
+
+def phone_photo_augment(size: int, channel_p: float = 0.0) -> T.Compose:
+    """Augmentations that look like shoppers' phone photos as channels deliver them: the channel first (it acts
+    on the whole photo, before the service crops), then framing, tilt, perspective, light, blur, JPEG."""
     return T.Compose(
         [
+            ChannelDelivery(channel_p),
             T.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
             T.RandomApply([T.RandomRotation(15)], p=0.4),
             T.RandomPerspective(distortion_scale=0.25, p=0.3),
@@ -58,8 +117,9 @@ def phone_photo_augment(size: int) -> T.Compose:
 
 
 class AugmentedPhotos(torch.utils.data.Dataset):
-    def __init__(self, cache: np.ndarray):
+    def __init__(self, cache: np.ndarray, channel_p: float = 0.0):
         self.cache = cache
+        self.channel_p = channel_p
         self.size = 224
         self.seed = 0
 
@@ -68,7 +128,7 @@ class AugmentedPhotos(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = torch.from_numpy(np.array(self.cache[index])).permute(2, 0, 1)  # copy out of the read-only memmap
-        return phone_photo_augment(self.size)(image)
+        return phone_photo_augment(self.size, self.channel_p)(image)
 
 
 def pk_batches(labels: np.ndarray, iconic_rows: dict[int, int], p: int, k: int, seed: int) -> list[list[int]]:

@@ -62,6 +62,9 @@ class TrainConfig:
     coarse_weight: float = 0.5
     supcon_weight: float = 0.5
     supcon_temperature: float = 0.1
+    # Share of training photos re-delivered by a channel first (re-encoded, palette, web-sized, DCT-scaled
+    # decode; training/augment.py): the same photo should get the same answer from every channel.
+    channel_p: float = 0.0
     freeze_blocks: int = 2  # stem + this many of the backbone's blocks stay at their ImageNet weights
     sizes: list[int] = field(default_factory=lambda: [160, 192, 224])  # resolution per equal share of epochs
     cache_side: int = 288
@@ -262,7 +265,7 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
 
     meta = checkpoint_meta(train_set, config)
-    dataset = AugmentedPhotos(cache)
+    dataset = AugmentedPhotos(cache, config.channel_p)
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation randomness, reproducible on resume
         dataset.size = config.size_for_epoch(epoch)

@@ -36,6 +36,9 @@ def train_vision(
         float, typer.Option(help="peak learning rate of the heads; the backbone gets lr x backbone-lr-mult")
     ] = 2e-3,
     backbone_lr_mult: Annotated[float, typer.Option()] = 0.2,
+    channel_p: Annotated[
+        float, typer.Option(min=0, max=1, help="share of photos re-delivered by a channel (re-encoded, resized) first")
+    ] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps_per_epoch: Annotated[int, typer.Option(help="0: full epochs")] = 0,
     threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
@@ -61,6 +64,7 @@ def train_vision(
         freeze_blocks=freeze_blocks,
         lr=lr,
         backbone_lr_mult=backbone_lr_mult,
+        channel_p=channel_p,
         seed=seed,
         max_steps_per_epoch=max_steps_per_epoch,
         threads=threads,
