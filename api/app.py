@@ -20,7 +20,7 @@ from api.middleware.logs import RequestLogMiddleware
 from api.middleware.metrics import Metrics, MetricsMiddleware
 from api.middleware.security_headers import SecurityHeadersMiddleware
 from api.middleware.timeouts import TimeoutMiddleware
-from api.routers import catalog_info, pages, products, search, tagging, users
+from api.routers import catalog_info, pages, products, review, search, tagging, users
 from api.settings import Settings, get_settings
 from api.shoppers import ShopperService
 
@@ -127,7 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router, dependencies=[shopper])
     app.include_router(products.router, dependencies=[merchandiser])
     app.include_router(users.router, dependencies=[shopper])
-    app.include_router(tagging.router, dependencies=[Depends(authorise("catalog:write", "catalog:write"))])
+    merchandiser_only = Depends(authorise("catalog:write", "catalog:write"))
+    app.include_router(tagging.router, dependencies=[merchandiser_only])
+    app.include_router(review.router, dependencies=[merchandiser_only])
     app.include_router(catalog_info.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB / "static"), name="static")

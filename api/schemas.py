@@ -211,6 +211,97 @@ class DuplicateGroups(BaseModel):
     groups: list[DuplicateGroup]
 
 
+# -- reviewing a tagging job -----------------------------------------------------------------------
+
+ReviewReason = Literal["low_confidence", "flagged", "unmatched", "duplicate", "unreadable"]
+ReviewFilter = Literal["all", "needs_review", "low_confidence", "flagged", "unmatched", "duplicate", "undecided"]
+
+
+class NewProductIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    product_id: str = Field(pattern=PRODUCT_ID_PATTERN, examples=["Oatly-Oat-Milk"])
+    name: str = Field(min_length=1, max_length=300)
+    fine_category: str = Field(min_length=1, max_length=100)
+    coarse_category: str = Field(min_length=1, max_length=100)
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1, max_length=1000, description="the photo's path in the job")
+    action: Literal["add_photo", "new_product", "skip"]
+    product_id: str | None = Field(None, pattern=PRODUCT_ID_PATTERN, description="add_photo: the product")
+    product: NewProductIn | None = Field(None, description="new_product: the product to create")
+
+
+class DecisionsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decisions: list[DecisionIn] = Field(min_length=1, max_length=5000)
+
+
+class DecisionOut(BaseModel):
+    action: Literal["add_photo", "new_product", "skip"]
+    product_id: str | None
+    product: NewProductIn | None
+    decided_at: float
+    outcome: Literal["applied", "skipped", "failed"] | None = Field(description="None until an apply settles it")
+    error: str | None
+    applied_at: float | None
+
+
+class DecisionsRecorded(BaseModel):
+    recorded: int
+    pending: int = Field(description="decisions of the job that no apply has settled yet")
+
+
+class TagMatch(BaseModel):
+    product_id: str
+    score: float
+
+
+class ReviewRow(BaseModel):
+    path: str
+    status: str
+    fine: str | None = None
+    fine_probability: float | None = None
+    coarse: str | None = None
+    coarse_probability: float | None = None
+    matches: list[TagMatch] = []
+    flags: list[str] = []
+    duplicate_group: int | None = None
+    error: str | None = None
+    review_reasons: list[ReviewReason]
+    thumbnail_url: str
+    decision: DecisionOut | None
+
+
+class ReviewPage(BaseModel):
+    job_id: str
+    total: int = Field(description="photos that pass the filter")
+    offset: int
+    rows: list[ReviewRow]
+    counts: dict[str, int] = Field(description="photos per filter, for the filter buttons")
+
+
+class AppliedProduct(BaseModel):
+    product_id: str
+    created: bool
+    photos: list[str]
+    added: int = Field(description="photos added (one the product already has is not added twice)")
+
+
+class FailedProduct(BaseModel):
+    product_id: str
+    photos: list[str]
+    error: str
+
+
+class ApplyResult(BaseModel):
+    applied: list[AppliedProduct]
+    failed: list[FailedProduct]
+    skipped: int
+    remaining: int = Field(description="products still to apply after this call (with max_products)")
+
+
 # -- shopper events and personal recommendations ----------------------------------------------------
 
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"

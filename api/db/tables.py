@@ -159,3 +159,20 @@ tagging_results = Table(
     Column("layout", LargeBinary),
     Index("tagging_results_order", "job_id", "ord"),
 )
+
+# A merchandiser's decision on one tagged photo (api/tagging/review.py): add it to a product, create a product
+# from it, or skip it. `outcome` stays empty until an apply settles it (applied | skipped | failed), so an
+# apply only ever acts on the unsettled ones: applying twice changes nothing more.
+tagging_decisions = Table(
+    "tagging_decisions",
+    metadata,
+    Column("job_id", Text, ForeignKey("tagging_jobs.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("action", Text, nullable=False),  # add_photo | new_product | skip
+    Column("product_id", Text),
+    Column("product", Text),  # new_product: the new product's fields, as JSON
+    Column("decided_at", Float, nullable=False),
+    Column("outcome", Text),
+    Column("error", Text),
+    Column("applied_at", Float),
+)

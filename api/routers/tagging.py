@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from api.deps import get_jobs, job_or_404
 from api.errors import ApiError
 from api.schemas import DuplicateGroup, DuplicateGroups, ErrorResponse, TaggingJob, TaggingJobList
 from api.tagging.jobs import Job, JobRunner
@@ -30,13 +31,6 @@ UPLOAD_BODY = {
 }
 
 
-async def get_jobs(request: Request) -> JobRunner:
-    jobs = getattr(request.app.state, "jobs", None)
-    if jobs is None:
-        raise ApiError(503, "not_ready", "the tagging service is still starting; retry shortly")
-    return jobs
-
-
 def to_schema(job: Job) -> TaggingJob:
     return TaggingJob(
         id=job.id,
@@ -53,13 +47,6 @@ def to_schema(job: Job) -> TaggingJob:
         duplicate_groups=job.duplicate_groups,
         results_url=f"/v1/tagging/jobs/{job.id}/results",
     )
-
-
-def _job_or_404(jobs: JobRunner, job_id: str) -> Job:
-    job = jobs.get(job_id)
-    if job is None:
-        raise ApiError(404, "job_not_found", f"no tagging job {job_id!r}")
-    return job
 
 
 @router.post(
@@ -127,7 +114,7 @@ async def list_jobs(
     summary="A job's state and progress",
 )
 async def get_job(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> TaggingJob:
-    return to_schema(_job_or_404(jobs, job_id))
+    return to_schema(job_or_404(jobs, job_id))
 
 
 @router.get(
@@ -140,7 +127,7 @@ async def job_results(
     jobs: Annotated[JobRunner, Depends(get_jobs)],
     format: Annotated[Literal["csv", "jsonl"], Query(description="csv or jsonl")] = "csv",
 ) -> Response:
-    job = _job_or_404(jobs, job_id)
+    job = job_or_404(jobs, job_id)
     body = await run_in_threadpool(jobs.results, job, format)
     media = "text/csv" if format == "csv" else "application/x-ndjson"
     return Response(
@@ -155,7 +142,7 @@ async def job_results(
     summary="Near-duplicate groups of a finished job",
 )
 async def job_duplicates(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> DuplicateGroups:
-    job = _job_or_404(jobs, job_id)
+    job = job_or_404(jobs, job_id)
     groups: dict[int, list[str]] = {}
     for row in await run_in_threadpool(jobs.rows, job):
         if row.get("duplicate_group"):
@@ -178,7 +165,7 @@ async def job_duplicates(job_id: str, jobs: Annotated[JobRunner, Depends(get_job
 async def job_photo(job_id: str, key: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> Response:
     from vision.preprocess import ImageError, thumbnail
 
-    job = _job_or_404(jobs, job_id)
+    job = job_or_404(jobs, job_id)
     items = {item.key: item for item in await run_in_threadpool(jobs.items, job)}
     item = items.get(key)
     if item is None:
@@ -197,7 +184,7 @@ async def job_photo(job_id: str, key: str, jobs: Annotated[JobRunner, Depends(ge
     summary="Cancel a queued or running job (its results so far are kept)",
 )
 async def cancel_job(job_id: str, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> TaggingJob:
-    job = _job_or_404(jobs, job_id)
+    job = job_or_404(jobs, job_id)
     if job.state not in ("queued", "running"):
         raise ApiError(409, "job_finished", f"job {job_id} is already {job.state}")
     jobs.cancel(job_id)

@@ -58,6 +58,9 @@ def test_keys_and_scopes(secured):
         ).status_code
         == 403
     )
+    for path in ("/v1/tagging/jobs/j/review", "/v1/tagging/jobs/j/decisions", "/v1/tagging/jobs/j/apply"):
+        call = client.get if path.endswith("review") else client.post
+        assert call(path, headers=auth(keys["kiosk"])).status_code == 403, path  # reviews change the catalogue
     assert client.get("/metrics", headers=auth(keys["kiosk"])).status_code == 403
     assert client.get("/metrics", headers=auth(keys["ops"])).status_code == 200  # admin holds every scope
     assert client.get("/healthz").status_code == 200  # liveness stays open
