@@ -58,9 +58,7 @@ def start_jobs(settings: Settings, service: CatalogService):
         # The server's setting, not the job's: clients cannot choose it, and a job saved by an older version
         # resumes with today's.
         options = dataclasses.replace(options, workers=settings.tagging_workers)
-        return Tagger(
-            service.embedder, service.ranking.catalogue_matches, options, settings.limits(), start_method="spawn"
-        )
+        return Tagger(service.embedder, service.tag_matches, options, settings.limits(), start_method="spawn")
 
     store = JobStore(settings.database(), settings.data_dir / "jobs")
     runner = JobRunner(store, tagger, settings.tagging_root, settings.max_upload_bytes, settings.tagging_lease_s)

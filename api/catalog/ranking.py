@@ -29,6 +29,16 @@ CATEGORY_CANDIDATES = 3  # ... of the heads' top this many
 
 
 @dataclass
+class CatalogueMatches:
+    """Bulk tagging's answer for one photo: the k best products by the search rule, and whether the first is
+    judged to be the photographed one (the same `matched` as a search)."""
+
+    matches: list[tuple[str, float]]  # (product id, score)
+    matched: bool
+    confidence: float
+
+
+@dataclass
 class Match:
     product: Product
     score: float  # what the results are ordered by (see the module's docstring)
@@ -79,10 +89,6 @@ class Ranking:
         """The heads' probability of the product's fine category; None for a category they do not know."""
         index = self._fine_position.get(product.fine_category)
         return None if index is None else float(fine_probs[index])
-
-    def catalogue_matches(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """(product id, score) of the k best products by the search rule: bulk tagging's matcher."""
-        return [(m.product.product_id, m.score) for m in self.rank(embedding, fine_probs, k)]
 
     def recommend(self, personal: dict[str, float], products: dict[str, Product], k: int) -> list[tuple[str, float]]:
         """(product id, share) of the shopper model's k best products in the catalogue; [] without scores."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from api.catalog.follow import ChangeFollower
 from api.catalog.photos import Thumbnails
-from api.catalog.ranking import Match, Ranking, top_labels
+from api.catalog.ranking import CatalogueMatches, Match, Ranking, top_labels
 from api.catalog.records import ImageRecord, IndexUnavailable, NewImage, PhotoError, Product, UnknownCategory
 from api.settings import Settings
 from vision.match_rule import RULE_FILE, MatchRule
@@ -244,9 +244,9 @@ class CatalogService:
         return product, self.product_images(product_id)
 
     def list_products(
-        self, category: str | None, after: str | None, limit: int
+        self, category: str | None, after: str | None, limit: int, text: str | None = None
     ) -> list[tuple[Product, list[ImageRecord]]]:
-        page = self.store.list_products(category, after, limit)
+        page = self.store.list_products(category, after, limit, text)
         images = self.store.images_of([p.product_id for p in page])
         return [(p, images[p.product_id]) for p in page]
 
@@ -296,10 +296,7 @@ class CatalogService:
         matches = self.ranking.rank(out.embedding[0], out.fine_probs[0], k, category, personal, personal_weight)
         t3 = time.perf_counter()
         timings = {"sync": t0 - t_sync, "decode": t1 - t0, "embed": t2 - t1, "search": t3 - t2, "total": t3 - t_sync}
-        top = matches[0] if matches else None
-        matched, confidence = self.match_rule.judge(
-            top and top.visual_score, top and self.ranking.category_probability(top.product, out.fine_probs[0])
-        )
+        matched, confidence = self.judge(matches, out.fine_probs[0])
         return SearchResult(
             matches=matches,
             fine=top_labels(self.manifest.fine_labels, out.fine_probs[0], top_categories),
@@ -308,6 +305,19 @@ class CatalogService:
             matched=matched,
             match_confidence=confidence,
         )
+
+    def judge(self, matches: Sequence[Match], fine_probs: np.ndarray) -> tuple[bool, float]:
+        """(matched, confidence): whether the first match is the photographed product (vision.match_rule)."""
+        top = matches[0] if matches else None
+        return self.match_rule.judge(
+            top and top.visual_score, top and self.ranking.category_probability(top.product, fine_probs)
+        )
+
+    def tag_matches(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int) -> CatalogueMatches:
+        """Bulk tagging's matcher: the search's ranking and `matched` for one photo's model outputs."""
+        ranked = self.ranking.rank(embedding, fine_probs, max(k, 1))
+        matched, confidence = self.judge(ranked, fine_probs)
+        return CatalogueMatches([(m.product.product_id, m.score) for m in ranked[:k]], matched, confidence)
 
     def _match_rule(self, model_dir: Path) -> MatchRule:
         rule = MatchRule.load(model_dir)

@@ -134,10 +134,22 @@ class SqlCatalogStore(SqlEvents, SqlChangeLog, SqlEmbeddings):
                 self._products.clear()
             return found
 
-    def list_products(self, category: str | None = None, after: str | None = None, limit: int = 50) -> list[Product]:
+    def list_products(
+        self, category: str | None = None, after: str | None = None, limit: int = 50, text: str | None = None
+    ) -> list[Product]:
         query = select(db.products)
         if category is not None:
             query = query.where(_in_category(category))
+        if text:
+            # Escaped, so a merchandiser's "50%" or "a_b" is searched as typed; lower() on both sides is
+            # case-insensitive alike on SQLite and PostgreSQL.
+            pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(
+                or_(
+                    func.lower(db.products.c.product_id).like(pattern, escape="\\"),
+                    func.lower(db.products.c.name).like(pattern, escape="\\"),
+                )
+            )
         if after is not None:
             query = query.where(db.products.c.product_id > after)
         return [self._product(r) for r in self._query(query.order_by(db.products.c.product_id).limit(limit))]

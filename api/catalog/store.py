@@ -36,8 +36,11 @@ class CatalogStore(Protocol):
     def get_products(self, product_ids: Sequence[str]) -> dict[str, Product]:
         """The products that exist among `product_ids` (shared objects: do not modify them)."""
 
-    def list_products(self, category: str | None = None, after: str | None = None, limit: int = 50) -> list[Product]:
-        """Products in id order after `after`, optionally of one fine or coarse category."""
+    def list_products(
+        self, category: str | None = None, after: str | None = None, limit: int = 50, text: str | None = None
+    ) -> list[Product]:
+        """Products in id order after `after`, optionally of one fine or coarse category, optionally those
+        whose id or name contains `text` (case-insensitive)."""
 
     def all_products(self) -> list[Product]: ...
 

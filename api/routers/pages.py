@@ -1,4 +1,5 @@
-"""The web pages: camera search for shoppers, zip tagging for merchandisers. Static files, no CDN."""
+"""The web pages: camera search for shoppers; tagging, review and the catalogue for merchandisers. Static
+files that call the public API, no CDN."""
 
 from __future__ import annotations
 
@@ -19,3 +20,13 @@ def search_page() -> FileResponse:
 @router.get("/merchandiser")
 def merchandiser_page() -> FileResponse:
     return FileResponse(WEB / "merchandiser.html", media_type="text/html")
+
+
+@router.get("/review")
+def review_page() -> FileResponse:
+    return FileResponse(WEB / "review.html", media_type="text/html")
+
+
+@router.get("/catalog")
+def catalog_page() -> FileResponse:
+    return FileResponse(WEB / "catalog.html", media_type="text/html")

@@ -50,11 +50,12 @@ def create_product(body: ProductCreate, service: Service) -> ProductOut:
 def list_products(
     service: Service,
     category: Annotated[str | None, Query(description="fine or coarse category")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="part of the product id or name, any case")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ProductPage:
     after = _decode_cursor(cursor) if cursor else None
-    page = service.list_products(category, after, limit + 1)
+    page = service.list_products(category, after, limit + 1, q)
     more = len(page) > limit
     page = page[:limit]
     next_cursor = _encode_cursor(page[-1][0].product_id) if more else None

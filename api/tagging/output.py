@@ -19,6 +19,8 @@ CSV_COLUMNS = [
     "coarse",
     "coarse_probability",
     "matches",
+    "matched",
+    "match_confidence",
     "duplicate_group",
     "flags",
     "blur_variance",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from api.catalog.ranking import CatalogueMatches
 from api.tagging.duplicates import duplicate_groups
 from api.tagging.options import TagOptions
 from api.tagging.output import append_output, output_format, write_output
@@ -31,7 +32,7 @@ from vision.preprocess import Limits, torch_resize
 from vision.runtimes import Embedder, EmbedderOutput
 
 __all__ = ["Matcher", "TagOptions", "TagSummary", "Tagger"]
-Matcher = Callable[[np.ndarray, np.ndarray, int], list[tuple[str, float]]]
+Matcher = Callable[[np.ndarray, np.ndarray, int], CatalogueMatches]  # CatalogService.tag_matches
 FAILURES_IN_A_ROW = 3  # photos that each fail alone in a fresh worker before the run blames the workers
 
 
@@ -235,7 +236,7 @@ class Tagger:
             info = dict(info)
             layout = info.pop("_layout")
             f, c = int(out.fine_probs[i].argmax()), int(out.coarse_probs[i].argmax())
-            matches = self.matcher(out.embedding[i], out.fine_probs[i], self.options.k) if self.matcher else []
+            found = self.matcher(out.embedding[i], out.fine_probs[i], self.options.k) if self.matcher else None
             row = {
                 "path": item.key,
                 "status": "ok",
@@ -243,7 +244,11 @@ class Tagger:
                 "fine_probability": round(float(out.fine_probs[i, f]), 4),
                 "coarse": coarse_labels[c],
                 "coarse_probability": round(float(out.coarse_probs[i, c]), 4),
-                "matches": [{"product_id": pid, "score": round(score, 4)} for pid, score in matches],
+                "matches": [{"product_id": pid, "score": round(score, 4)} for pid, score in found.matches]
+                if found
+                else [],
+                "matched": found.matched if found else None,
+                "match_confidence": round(found.confidence, 4) if found else None,
                 "duplicate_group": None,
                 **info,
             }

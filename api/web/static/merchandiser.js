@@ -43,6 +43,10 @@ async function follow(job) {
   seesku.linkDownload($("csv"), `${job.results_url}?format=csv`, `${job.id}.csv`);
   seesku.linkDownload($("jsonl"), `${job.results_url}?format=jsonl`, `${job.id}.jsonl`);
   $("downloads").hidden = false;
+  if (job.state === "done") {
+    $("review").href = `/review?job=${encodeURIComponent(job.id)}`;
+    $("review-link").hidden = false;
+  }
   $("status").textContent = `${job.state}: ${job.done} of ${job.total} photos tagged, ${job.duplicate_groups || 0} near-duplicate groups`;
   const { groups } = await (await seesku.fetch(`/v1/tagging/jobs/${job.id}/duplicates`)).json();
   const box = $("groups");

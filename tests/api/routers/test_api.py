@@ -272,6 +272,19 @@ def test_listing_paginates_and_filters(sample_client):
         "Red-Delicious",
         "Royal-Gala",
     }
+    found = sample_client.get("/v1/products", params={"q": "DELICIOUS"}).json()["items"]
+    assert [p["product_id"] for p in found] == ["Golden-Delicious", "Red-Delicious"]  # id or name, any case
+    juices = sample_client.get("/v1/products", params={"q": "juice", "category": "Juice", "limit": 2}).json()
+    assert (
+        len(juices["items"]) == 2
+        and juices["next_cursor"]
+        and all("juice" in (p["name"] + p["product_id"]).lower() for p in juices["items"])
+    )
+    rest = sample_client.get(
+        "/v1/products", params={"q": "juice", "category": "Juice", "cursor": juices["next_cursor"]}
+    )
+    assert rest.json()["items"] and rest.json()["items"][0]["product_id"] > juices["items"][-1]["product_id"]
+    assert sample_client.get("/v1/products", params={"q": "50%_"}).json()["items"] == []  # wildcards are literal
     banana = sample_client.get("/v1/products/Banana").json()
     assert banana["coarse_category"] == "Banana" and len(banana["images"]) == 5 and banana["description"]
 

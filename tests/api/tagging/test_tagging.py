@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image, ImageFilter
 
+from api.catalog.ranking import CatalogueMatches
 from api.settings import REPO_ROOT
 from api.tagging.run import Tagger, TagOptions
 from api.tagging.sources import Item, SourceError, list_items
@@ -118,13 +119,14 @@ def test_tag_jsonl_with_catalogue_matches(folder, tmp_path, embedder):
 
     def matcher(embedding, fine_probs, k):
         matcher_calls.append(k)
-        return [("p1", 0.9), ("p2", 0.5)][:k]
+        return CatalogueMatches([("p1", 0.9), ("p2", 0.5)][:k], matched=True, confidence=0.81234)
 
     Tagger(embedder, matcher, TagOptions(k=2, batch=8)).run(list_items(folder), out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(matcher_calls) == len(ok) and all(k == 2 for k in matcher_calls)
     assert ok[0]["matches"] == [{"product_id": "p1", "score": 0.9}, {"product_id": "p2", "score": 0.5}]
+    assert ok[0]["matched"] is True and ok[0]["match_confidence"] == 0.8123
 
 
 def test_stopped_run_leaves_valid_output_and_resumes(folder, tmp_path, embedder):
