@@ -4,37 +4,15 @@ the real server. Set SEESKU_SCREENSHOT_DIR to keep screenshots of both pages (do
 import csv
 import io
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SAMPLES
+from tests.system.conftest import screenshot
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if CHROMIUM is None:
-        pytest.fail(
-            "Debian's chromium is needed for the page tests: `make test` installs it (apt-get install chromium)"
-        )
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        browser.close()
-
-
-def screenshot(page, name: str) -> None:
-    folder = os.environ.get("SEESKU_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
 def test_camera_search_page_finds_the_product(live_server, browser):
