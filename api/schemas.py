@@ -266,6 +266,8 @@ class ReviewRow(BaseModel):
     coarse: str | None = None
     coarse_probability: float | None = None
     matches: list[TagMatch] = []
+    matched: bool | None = Field(None, description="the first match judged to be the photographed product")
+    match_confidence: float | None = None
     flags: list[str] = []
     duplicate_group: int | None = None
     error: str | None = None

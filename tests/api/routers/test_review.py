@@ -44,6 +44,7 @@ def test_the_review_page_filters_sorts_and_pages(done_job):
     assert keys(second) == keys(page)[2:4] and second["total"] == 5
     row = page["rows"][0]
     assert row["decision"] is None and row["matches"] == [] and row["fine"] and "unmatched" in row["review_reasons"]
+    assert row["matched"] is False  # judged like a search: no product at all is no match
     assert client.get(row["thumbnail_url"]).headers["content-type"] == "image/jpeg"
 
 
