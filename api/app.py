@@ -20,7 +20,8 @@ from api.middleware.logs import RequestLogMiddleware
 from api.middleware.metrics import Metrics, MetricsMiddleware
 from api.middleware.security_headers import SecurityHeadersMiddleware
 from api.middleware.timeouts import TimeoutMiddleware
-from api.routers import catalog_info, pages, products, review, search, tagging, users
+from api.model_switch import ModelSwitcher, requested_models
+from api.routers import catalog_info, models, pages, products, review, search, tagging, users
 from api.settings import Settings, get_settings
 from api.shoppers import ShopperService
 
@@ -28,8 +29,9 @@ log = logging.getLogger("seesku")
 
 
 def start_service(settings: Settings) -> CatalogService:
-    """Open the catalogue (checking the index against it) and import the samples into an empty one."""
-    service = CatalogService(settings)
+    """Open the catalogue (checking the index against it) with the model version the replicas were asked to
+    serve (api/model_switch.py; the configured one without a request), and import the samples into an empty one."""
+    service = CatalogService(settings, model_dir=requested_models(settings.database()).get("vision"))
     service.open()
     if settings.load_samples and service.count_products() == 0 and settings.sample_catalog.exists():
         log.info("empty catalogue: importing the sample catalogue %s", settings.sample_catalog)
@@ -46,7 +48,8 @@ def start_service(settings: Settings) -> CatalogService:
 
 def start_shoppers(settings: Settings, service: CatalogService) -> ShopperService:
     """Shopper events and the shopper model, over the catalogue's store and ranking rule."""
-    return ShopperService(service.store, service.ranking, settings.create_shopper_scorer(), settings.personal_weight)
+    scorer = settings.create_shopper_scorer(requested_models(settings.database()).get("shopper"))
+    return ShopperService(service.store, service.ranking, scorer, settings.personal_weight)
 
 
 def start_jobs(settings: Settings, service: CatalogService):
@@ -58,7 +61,7 @@ def start_jobs(settings: Settings, service: CatalogService):
         # The server's setting, not the job's: clients cannot choose it, and a job saved by an older version
         # resumes with today's.
         options = dataclasses.replace(options, workers=settings.tagging_workers)
-        return Tagger(service.embedder, service.tag_matches, options, settings.limits(), start_method="spawn")
+        return Tagger(service.embedder, service.tag_matcher(), options, settings.limits(), start_method="spawn")
 
     store = JobStore(settings.database(), settings.data_dir / "jobs")
     runner = JobRunner(store, tagger, settings.tagging_root, settings.max_upload_bytes, settings.tagging_lease_s)
@@ -74,9 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = await run_in_threadpool(start_service, settings)
         app.state.shoppers = await run_in_threadpool(start_shoppers, settings, app.state.service)
         app.state.jobs = await run_in_threadpool(start_jobs, settings, app.state.service)
+        app.state.models = ModelSwitcher(settings.database(), app.state.service, app.state.shoppers, settings)
+        app.state.models.start()
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.models.stop)
             await run_in_threadpool(app.state.jobs.stop)
             app.state.jobs.close()
             app.state.shoppers.close()
@@ -128,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     merchandiser_only = Depends(authorise("catalog:write", "catalog:write"))
     app.include_router(tagging.router, dependencies=[merchandiser_only])
     app.include_router(review.router, dependencies=[merchandiser_only])
+    app.include_router(models.router, dependencies=[Depends(authorise("catalog:write", "admin"))])
     app.include_router(catalog_info.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB / "static"), name="static")

@@ -139,26 +139,29 @@ class Settings(BaseSettings):
         """What an uploaded photo may be: bytes (413 above) and pixels (422 above)."""
         return Limits(self.max_upload_bytes, self.max_image_pixels)
 
-    def create_embedder(self) -> Embedder:
+    def create_embedder(self, model_dir: Path | None = None) -> Embedder:
+        """The embedder of `model_dir` (default: the configured model) on the configured runtime."""
         from vision.runtimes import create_embedder
 
         return create_embedder(
             self.inference,
-            self.model_dir,
+            model_dir or self.model_dir,
             self.onnx_threads,
             self.triton_model,
             self.triton_timeout_s,
             self.triton_retries,
         )
 
-    def create_shopper_scorer(self) -> ShopperScorer | None:
-        """The shopper model on the same runtime as the embedder; None without an exported one."""
+    def create_shopper_scorer(self, recommender_dir: Path | None = None) -> ShopperScorer | None:
+        """The shopper model of `recommender_dir` (default: the configured one) on the same runtime as the
+        embedder; None without an exported one."""
         from vision.recommender import MANIFEST_NAME
         from vision.runtimes import create_shopper_scorer
 
-        if self.recommender_dir is None or not (self.recommender_dir / MANIFEST_NAME).exists():
+        folder = recommender_dir or self.recommender_dir
+        if folder is None or not (folder / MANIFEST_NAME).exists():
             return None
-        return create_shopper_scorer(self.inference, self.recommender_dir, self.triton_timeout_s, self.triton_retries)
+        return create_shopper_scorer(self.inference, folder, self.triton_timeout_s, self.triton_retries)
 
     def database_target(self) -> str:
         """The database's URL: `database_url`, or the embedded SQLite file of the data dir."""

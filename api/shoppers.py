@@ -7,11 +7,13 @@ without an exported model (no manifest in SEESKU_RECOMMENDER_DIR) nothing is per
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from api.catalog.ranking import Ranking
 from api.catalog.records import ImageRecord, Product, UnknownProducts
+from api.catalog.serving import RETIRE_AFTER_S
 from api.catalog.store import CatalogStore
 from vision.recommender import Event
 from vision.runtimes import ShopperScorer
@@ -53,12 +55,28 @@ class ShopperService:
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
         return self.store.history(user_id, limit)
 
+    def switch_model(self, scorer: ShopperScorer) -> str:
+        """Score with `scorer` from now on (loaded first, while the current one keeps answering); the old one
+        is closed once the requests that began on it have ended. Returns the new version's id."""
+        scorer.load()
+        old, self.scorer = self.scorer, scorer
+        if old is not None:
+            timer = threading.Timer(RETIRE_AFTER_S, old.close)
+            timer.daemon = True
+            timer.start()
+        return scorer.manifest.served_id
+
     def personal_scores(self, user_id: str | None) -> dict[str, float] | None:
         """The shopper model's scores from the user's merged history; None when there is nothing to go on."""
-        if not user_id or self.scorer is None:
-            return None
-        history = self.store.history(user_id, self.scorer.manifest.max_len)
-        return self.scorer.scores(history) or None
+        return self.scored(user_id)[0]
+
+    def scored(self, user_id: str | None) -> tuple[dict[str, float] | None, str | None]:
+        """(personal scores or None, the shopper model version that made them): one version for both."""
+        scorer = self.scorer  # read once: a switch may replace it meanwhile
+        if not user_id or scorer is None:
+            return None, None
+        history = self.store.history(user_id, scorer.manifest.max_len)
+        return scorer.scores(history) or None, scorer.manifest.served_id
 
     def personalisation(self, user_id: str | None, weight: float | None) -> tuple[dict[str, float] | None, float]:
         """What a search re-ranks by for this shopper: (scores or None, weight); weight None means the
@@ -68,8 +86,9 @@ class ShopperService:
 
     def recommendations(self, user_id: str, k: int) -> Recommendations:
         products = {p.product_id: p for p in self.store.all_products()}
-        ranked = self.ranking.recommend(self.personal_scores(user_id) or {}, products, k)
-        source, model = "model", self.model_id
+        scores, model = self.scored(user_id)
+        ranked = self.ranking.recommend(scores or {}, products, k)
+        source = "model"
         if not ranked:
             ranked, source, model = self.ranking.popular(k), "popular", None
         images = self.store.images_of([pid for pid, _ in ranked])

@@ -135,7 +135,7 @@ def tag_rate(folder: Path, settings: dict) -> float:
         service = CatalogService(config)
         service.open()
         import_catalog_csv(service, config.sample_catalog)
-        tagger = Tagger(service.embedder, service.tag_matches, TagOptions())
+        tagger = Tagger(service.embedder, service.tag_matcher(), TagOptions())
         items = list_items(folder)
         started = time.perf_counter()
         summary = tagger.run(items, work / "tags.csv")
@@ -219,7 +219,7 @@ def _tag_with_default_service(folder: Path, duplicate_threshold: float | None) -
     before = embedder_rate(embedder, pixels)
     bulk_before = bulk_rate(embedder, pixels)
     options = TagOptions() if duplicate_threshold is None else TagOptions(duplicate_threshold=duplicate_threshold)
-    tagger = Tagger(embedder, service.tag_matches, options)
+    tagger = Tagger(embedder, service.tag_matcher(), options)
     items = list_items(folder)
     out = work / "tags.csv"
     started = time.perf_counter()

@@ -16,6 +16,9 @@ change from its writer, before the writer answers; another replica applies a cha
 index write leaves nothing unindexed, and two replicas never upsert one photo at once (Milvus does not
 keep primary keys unique under concurrent upserts). A change that cannot be applied (the index is down)
 keeps the cursor where it was, and is applied by the next catch-up.
+
+A follower serves one model version: it indexes that version's vectors of the photos, and a photo written by
+a replica on another version (a switch, a rolling upgrade) is embedded by `embed_missing` first.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -38,8 +41,17 @@ SHARED_GRACE_S = 5.0  # a shared index's change older than this, from another re
 
 
 class ChangeFollower:
-    def __init__(self, store, index: VectorIndex, lock: threading.RLock, interval_s: float):
+    def __init__(
+        self,
+        store,
+        index: VectorIndex,
+        lock: threading.RLock,
+        interval_s: float,
+        model_id: str,
+        embed_missing: Callable[[Sequence[int]], None],
+    ):
         self.store, self.index, self.interval_s = store, index, interval_s
+        self.model_id, self.embed_missing = model_id, embed_missing
         self._lock = lock  # the catalogue service's write lock: the index changes in one order
         self.cursor = 0
         self._verify = False  # check adds against the index's contents (the first catch-up after start)
@@ -109,7 +121,8 @@ class ChangeFollower:
             images = self.store.images_of(sorted(products))
             added.update(im.image_id for ims in images.values() for im in ims)
         if added:
-            self.index.add(self.store.entries_of(sorted(added)))  # only those still in the store
+            self.embed_missing(sorted(added))  # photos another model version wrote, if any
+            self.index.add(self.store.entries_of(sorted(added), self.model_id))  # those still in the store
 
     def _resync(self) -> None:
         """Stalled past the log's retention: start again from the store."""
@@ -117,7 +130,8 @@ class ChangeFollower:
             log.warning("change log followed too long ago: rebuilding the index from the store")
             cursor = self.store.change_head()
             if not self.index.shared:
-                self.index.rebuild(self.store.iter_entries())
+                self.embed_missing(None)
+                self.index.rebuild(self.store.iter_entries(self.model_id))
             self.store.forget()
             self._deferred = []
             self.start_at(cursor)

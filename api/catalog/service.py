@@ -24,17 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from api.catalog.follow import ChangeFollower
 from api.catalog.photos import Thumbnails
-from api.catalog.ranking import CatalogueMatches, Match, Ranking, top_labels
+from api.catalog.ranking import CatalogueMatches, Match, top_labels
 from api.catalog.records import ImageRecord, IndexUnavailable, NewImage, PhotoError, Product, UnknownCategory
+from api.catalog.serving import EMBED_BATCH, Serving, retire, start_serving
 from api.settings import Settings
-from vision.match_rule import RULE_FILE, MatchRule
+from vision.manifest import ModelManifest
 from vision.preprocess import ImageError, load_image, prepare_photo
-from vision.runtimes import Embedder, EmbedderUnavailable
+from vision.runtimes import Embedder
 
 log = logging.getLogger("seesku.catalog")
-EMBED_BATCH = 16
 
 
 @dataclass
@@ -51,81 +50,64 @@ class SearchResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     matched: bool = False  # the top product judged to be the photographed one (vision.match_rule)
     match_confidence: float = 0.0
+    manifest: ModelManifest | None = None  # the model version that answered
 
 
 class CatalogService:
-    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+    def __init__(self, settings: Settings, embedder: Embedder | None = None, model_dir: Path | None = None):
         self.settings = settings
-        self.embedder = embedder or settings.create_embedder()
-        self.manifest = self.embedder.manifest
-        self.model_id = self.manifest.served_id
-        self.spec = self.manifest.input.spec()
+        self._model_dir = model_dir or settings.model_dir  # what open() serves (a switch may have asked another)
+        self._embedder = embedder or settings.create_embedder(self._model_dir)  # until open(): serving.embedder
         self.limits = settings.limits()
-        self.match_rule = self._match_rule(settings.model_dir)
         self.store = settings.create_store()
         self.files = settings.create_photo_store()
         self.thumbnails = Thumbnails(settings.data_dir / "thumbs", self.files, self.limits)
-        self.index = None
-        self.follower: ChangeFollower | None = None
-        self.ranking: Ranking | None = None
+        self.serving: Serving | None = None  # the model version answering now; replaced whole by a switch
         # One writer at a time, and the index follows the log under the same lock, so store and index
-        # change in the same order.
-        self._write_lock = threading.RLock()
+        # change in the same order; a model switch takes it too.
+        self.write_lock = threading.RLock()
         self._last_save = 0.0
 
-    # -- start-up -----------------------------------------------------------------------------
+    # The served version's parts (before open(): the configured model's, without an index).
+    embedder = property(lambda self: self.serving.embedder if self.serving else self._embedder)
+    manifest = property(lambda self: self.embedder.manifest)
+    model_id = property(lambda self: self.manifest.served_id)
+    spec = property(lambda self: self.serving.spec if self.serving else self.manifest.input.spec())
+    index = property(lambda self: self.serving.index if self.serving else None)
+    ranking = property(lambda self: self.serving.ranking if self.serving else None)
+    follower = property(lambda self: self.serving.follower if self.serving else None)
+    match_rule = property(lambda self: self.serving.match_rule if self.serving else None)
+
+    # -- start-up and model switches ----------------------------------------------------------------
     def open(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Load the model, bring stored embeddings up to the served model, load or rebuild the index."""
-        self._load_embedder()
-        self._reembed_stale(progress)
-        index, restored = self.settings.open_index(self.model_id, self.manifest.embedding_dim)
-        cursor = self.store.change_head()  # before the comparison: what changes after it is followed
-        stored = np.sort(self.store.image_ids())
-        if not restored or not np.array_equal(np.sort(index.ids()), stored):
-            reason = "no usable snapshot" if not restored else "index and catalogue disagree"
-            log.warning("rebuilding the vector index from %d stored embeddings (%s)", len(stored), reason)
-            index.rebuild(self.store.iter_entries())
-            index.persist()
-        self.index = index
-        self.ranking = Ranking(self.store, index, self.manifest.fine_labels, self.settings.head_weight)
-        self.follower = ChangeFollower(self.store, index, self._write_lock, self.settings.follow_interval_s)
-        self.follower.start_at(cursor)
-        self.follower.catch_up()
-        self.follower.start()
+        """Load the model, embed the photos it has no vectors of, load or rebuild the index, follow the log."""
+        self.serving = start_serving(self, self._embedder, self._model_dir, progress)
+        self.serving.follower.start()
         self._last_save = time.monotonic()
 
-    def _load_embedder(self) -> None:
-        # A remote inference server may still be starting (containers come up in any order): wait for it a
-        # while, then fail with its reason rather than serve a catalogue that cannot be searched.
-        deadline = time.monotonic() + self.settings.inference_startup_wait_s
-        while True:
-            try:
-                self.embedder.load()
-                return
-            except EmbedderUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("waiting for the embedder: %s", exc)
-                time.sleep(1.0)
-
-    def _reembed_stale(self, progress) -> None:
-        stale = self.store.stale_images(self.model_id)
-        if not stale:
-            return
-        log.warning("re-embedding %d photos stored by another model", len(stale))
-        for start in range(0, len(stale), EMBED_BATCH):
-            chunk = stale[start : start + EMBED_BATCH]
-            pixels = np.stack([load_image(self.files.read(im.sha256), self.spec, self.limits) for im in chunk])
-            embeddings = self.embedder.embed(pixels).embedding
-            self.store.set_embeddings([im.image_id for im in chunk], embeddings, self.model_id)
-            if progress:
-                progress(start + len(chunk), len(stale))
+    def switch_model(self, model_dir: Path, progress: Callable[[int, int], None] | None = None) -> str:
+        """Serve the model in `model_dir` from now on, without a restart: it is loaded and the catalogue
+        embedded and indexed for it while the current version keeps answering; then every later search is
+        the new version's. Returns the new version's id."""
+        embedder = self.settings.create_embedder(model_dir)
+        if self.serving is not None and embedder.manifest.served_id == self.model_id:
+            return self.model_id
+        new = start_serving(self, embedder, model_dir, progress)
+        with self.write_lock:
+            new.follower.catch_up()  # what was written while it was built
+            old, self.serving = self.serving, new
+            new.index.persist()
+            self._last_save = time.monotonic()
+        new.follower.start()
+        if old is not None:
+            retire(old)
+        log.warning("now serving %s (was %s)", new.model_id, old.model_id if old else None)
+        return new.model_id
 
     def close(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
-        if self.index is not None:
-            self.index.persist()
+        if self.serving is not None:
+            self.serving.follower.stop()
+            self.serving.index.persist()
         self.store.close()
         self.embedder.close()
 
@@ -133,22 +115,25 @@ class CatalogService:
     def ready(self) -> bool:
         """Started: open() loaded the model, then the index. A remote embedder that goes away later is
         reported per call (503 inference_unavailable) and by /readyz, not here."""
-        return self.index is not None
+        return self.serving is not None
 
     # -- the write path -----------------------------------------------------------------------
-    def prepare(self, photos: Sequence[Photo]) -> list[tuple[NewImage, bytes]]:
-        """Decode and embed every photo, or raise PhotoError for the first bad one."""
+    def prepare(self, photos: Sequence[Photo], embedder: Embedder | None = None) -> list[tuple[NewImage, bytes]]:
+        """Decode and embed every photo (with `embedder`, default the served one), or raise PhotoError for the
+        first bad one."""
+        embedder = embedder or self.embedder
+        spec = embedder.manifest.input.spec()
         decoded = []
         for position, photo in enumerate(photos):
             try:
-                header, pixels = prepare_photo(photo.data, self.spec, self.limits)
+                header, pixels = prepare_photo(photo.data, spec, self.limits)
             except ImageError as exc:
                 raise PhotoError(position, photo.name, exc) from None
             decoded.append((photo, header, pixels))
         prepared = []
         for start in range(0, len(decoded), EMBED_BATCH):
             chunk = decoded[start : start + EMBED_BATCH]
-            embeddings = self.embedder.embed(np.stack([pixels for _, _, pixels in chunk])).embedding
+            embeddings = embedder.embed(np.stack([pixels for _, _, pixels in chunk])).embedding
             for (photo, header, _), emb in zip(chunk, embeddings):
                 new = NewImage(
                     sha256=hashlib.sha256(photo.data).hexdigest(),
@@ -163,18 +148,21 @@ class CatalogService:
         return prepared
 
     def put_product(self, product: Product, photos: Sequence[Photo] = (), create_only: bool = False) -> Product:
-        prepared = self.prepare(photos)
+        # The vectors are stored as the version that made them: one that switched meanwhile embeds them anew.
+        embedder = self.embedder
+        prepared = self.prepare(photos, embedder)
         self.index.check()  # a 503 before anything is written when the index is away
-        with self._write_lock:  # files too: a concurrent delete must not drop a file being re-added
+        with self.write_lock:  # files too: a concurrent delete must not drop a file being re-added
             self._write_files(prepared)
-            saved, _ = self.store.upsert_product(product, [p[0] for p in prepared], self.model_id, create_only)
+            model_id = embedder.manifest.served_id
+            saved, _ = self.store.upsert_product(product, [p[0] for p in prepared], model_id, create_only)
             self._follow()
         return saved
 
     def update_product(self, product_id: str, changes: dict) -> Product:
         """Change a product's name, categories, description or attributes (its photos stay)."""
         self.index.check()
-        with self._write_lock:
+        with self.write_lock:
             updated = self.store.update_product(product_id, changes)
             self._follow()  # an index that filters by category holds the product's categories
             return updated
@@ -182,11 +170,12 @@ class CatalogService:
     def add_photos(self, product_id: str, photos: Sequence[Photo]) -> list[ImageRecord]:
         """Add photos to a product; returns those added (a photo it already has is skipped)."""
         self.store.get_product(product_id)  # 404 before the (slow) embedding
-        prepared = self.prepare(photos)
+        embedder = self.embedder
+        prepared = self.prepare(photos, embedder)
         self.index.check()  # a 503 before anything is written when the index is away
-        with self._write_lock:
+        with self.write_lock:
             self._write_files(prepared)
-            added = self.store.add_images(product_id, [p[0] for p in prepared], self.model_id)
+            added = self.store.add_images(product_id, [p[0] for p in prepared], embedder.manifest.served_id)
             self._follow()
         new_ids = {image_id for image_id, _ in added}
         return [im for im in self.product_images(product_id) if im.image_id in new_ids]
@@ -208,14 +197,14 @@ class CatalogService:
 
     def delete_product(self, product_id: str) -> None:
         self.index.check()
-        with self._write_lock:
+        with self.write_lock:
             removed = self.store.delete_product(product_id)
             self._drop_files(removed)
             self._follow()
 
     def delete_photo(self, product_id: str, image_id: int) -> None:
         self.index.check()
-        with self._write_lock:
+        with self.write_lock:
             removed = self.store.delete_image(product_id, image_id)
             self._drop_files([removed])
             self._follow()
@@ -227,14 +216,14 @@ class CatalogService:
 
     def _maybe_save(self, force: bool = False) -> None:
         if self.index.needs_rebuild():
-            self.index.rebuild(self.store.iter_entries())
+            self.index.rebuild(self.store.iter_entries(self.model_id))
             force = True
         if force or time.monotonic() - self._last_save >= self.settings.index_save_interval_s:
             self.index.persist()
             self._last_save = time.monotonic()
 
     def save_index(self) -> None:
-        with self._write_lock:
+        with self.write_lock:
             self._maybe_save(force=True)
 
     # -- reads --------------------------------------------------------------------------------
@@ -283,47 +272,49 @@ class CatalogService:
     ) -> SearchResult:
         """Photo bytes -> the ranked products and the categories; `personal`: the shopper model's scores
         (ShopperService.personal_scores) for personal re-ranking."""
+        serving = self.serving  # one version for the whole answer, whatever a switch does meanwhile
         t_sync = time.perf_counter()
         if self.store.shared:  # every write acknowledged by any replica before this search is in it
-            self.follower.catch_up()
+            serving.follower.catch_up()
         t0 = time.perf_counter()
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)
-        pixels = load_image(data, self.spec, self.limits)
+        pixels = load_image(data, serving.spec, self.limits)
         t1 = time.perf_counter()
-        out = self.embedder.embed(pixels[None])
+        out = serving.embedder.embed(pixels[None])
         t2 = time.perf_counter()
-        matches = self.ranking.rank(out.embedding[0], out.fine_probs[0], k, category, personal, personal_weight)
+        matches = serving.ranking.rank(out.embedding[0], out.fine_probs[0], k, category, personal, personal_weight)
         t3 = time.perf_counter()
         timings = {"sync": t0 - t_sync, "decode": t1 - t0, "embed": t2 - t1, "search": t3 - t2, "total": t3 - t_sync}
-        matched, confidence = self.judge(matches, out.fine_probs[0])
+        matched, confidence = self.judge(matches, out.fine_probs[0], serving)
         return SearchResult(
             matches=matches,
-            fine=top_labels(self.manifest.fine_labels, out.fine_probs[0], top_categories),
-            coarse=top_labels(self.manifest.coarse_labels, out.coarse_probs[0], top_categories),
+            fine=top_labels(serving.manifest.fine_labels, out.fine_probs[0], top_categories),
+            coarse=top_labels(serving.manifest.coarse_labels, out.coarse_probs[0], top_categories),
+            manifest=serving.manifest,
             timings_ms={name: seconds * 1e3 for name, seconds in timings.items()},
             matched=matched,
             match_confidence=confidence,
         )
 
-    def judge(self, matches: Sequence[Match], fine_probs: np.ndarray) -> tuple[bool, float]:
+    def judge(
+        self, matches: Sequence[Match], fine_probs: np.ndarray, serving: Serving | None = None
+    ) -> tuple[bool, float]:
         """(matched, confidence): whether the first match is the photographed product (vision.match_rule)."""
+        serving = serving or self.serving
         top = matches[0] if matches else None
-        return self.match_rule.judge(
-            top and top.visual_score, top and self.ranking.category_probability(top.product, fine_probs)
+        return serving.match_rule.judge(
+            top and top.visual_score, top and serving.ranking.category_probability(top.product, fine_probs)
         )
 
-    def tag_matches(self, embedding: np.ndarray, fine_probs: np.ndarray, k: int) -> CatalogueMatches:
-        """Bulk tagging's matcher: the search's ranking and `matched` for one photo's model outputs."""
-        ranked = self.ranking.rank(embedding, fine_probs, max(k, 1))
-        matched, confidence = self.judge(ranked, fine_probs)
-        return CatalogueMatches([(m.product.product_id, m.score) for m in ranked[:k]], matched, confidence)
+    def tag_matcher(self) -> Callable[[np.ndarray, np.ndarray, int], CatalogueMatches]:
+        """Bulk tagging's matcher: the search's ranking and `matched` for one photo's model outputs, bound to
+        the version serving now, whose model the job embeds with (a job keeps its version across a switch)."""
+        serving = self.serving
 
-    def _match_rule(self, model_dir: Path) -> MatchRule:
-        rule = MatchRule.load(model_dir)
-        if rule.calibrated_on is None:
-            log.warning("%s has no %s: `matched` uses the uncalibrated threshold %s (seesku eval open-set "
-                        "calibrates one)", model_dir, RULE_FILE, rule.threshold)  # fmt: skip
-        elif rule.model != self.model_id:
-            log.warning("%s was calibrated for %s, not %s", RULE_FILE, rule.model, self.model_id)
-        return rule
+        def match(embedding: np.ndarray, fine_probs: np.ndarray, k: int) -> CatalogueMatches:
+            ranked = serving.ranking.rank(embedding, fine_probs, max(k, 1))
+            matched, confidence = self.judge(ranked, fine_probs, serving)
+            return CatalogueMatches([(m.product.product_id, m.score) for m in ranked[:k]], matched, confidence)
+
+        return match

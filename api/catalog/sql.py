@@ -337,11 +337,6 @@ class SqlCatalogStore(SqlEvents, SqlChangeLog, SqlEmbeddings):
             return codes, names
 
     # -- embeddings (the rest is in api/catalog/sql_embeddings.py) --------------------------------
-    def stale_images(self, model_id: str) -> list[ImageRecord]:
-        """Photos embedded by another model than the one now served."""
-        with self._read() as conn:
-            return _images(conn, db.images.c.model_id != model_id)
-
     # -- categories ---------------------------------------------------------------------------
     def categories(self) -> list[tuple[str, str, int]]:
         """(fine, coarse, product count) for every fine category in the catalogue."""

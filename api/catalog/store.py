@@ -77,16 +77,17 @@ class CatalogStore(Protocol):
         """For each photo id a product code (-1: the photo is gone) and the product id of each code."""
 
     # -- embeddings ---------------------------------------------------------------------------
-    def iter_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
-        """Every photo as the index takes it, in batches, for rebuilding the index."""
+    def iter_entries(self, model_id: str, batch: int = 4096) -> Iterator[IndexEntries]:
+        """Every photo with a vector of `model_id`, as the index takes it, in batches (rebuilding the index)."""
 
-    def entries_of(self, image_ids: Sequence[int]) -> IndexEntries:
-        """The photos among `image_ids` that still exist, as the index takes them."""
+    def entries_of(self, image_ids: Sequence[int], model_id: str) -> IndexEntries:
+        """The photos among `image_ids` that still exist and have a vector of `model_id`."""
 
-    def stale_images(self, model_id: str) -> list[ImageRecord]:
-        """Photos embedded by another model than `model_id`."""
+    def stale_images(self, model_id: str, image_ids: Sequence[int] | None = None) -> list[ImageRecord]:
+        """Photos (of `image_ids`, or all) without a vector of `model_id`: what that model must embed."""
 
-    def set_embeddings(self, image_ids: Sequence[int], embeddings: np.ndarray, model_id: str) -> None: ...
+    def set_embeddings(self, image_ids: Sequence[int], embeddings: np.ndarray, model_id: str) -> None:
+        """Store `model_id`'s vectors of these photos beside the writer's own."""
 
     # -- the change log -----------------------------------------------------------------------
     def change_head(self) -> int:

@@ -50,7 +50,7 @@ def tag(
         raise typer.Exit(2)
     settings = Settings()
     service = open_service(settings) if k else None
-    matcher = service.tag_matches if service is not None and service.count_products() else None
+    matcher = service.tag_matcher() if service is not None and service.count_products() else None
     embedder = service.embedder if service else settings.create_embedder()
     options = TagOptions(
         k=k,

@@ -176,3 +176,24 @@ tagging_decisions = Table(
     Column("error", Text),
     Column("applied_at", Float),
 )
+
+# A photo's vector for a model other than the one that wrote it (`images.embedding` is the vector of
+# `images.model_id`): what a model switch computes before it serves, and what a replica still on another
+# version reads during a rollout (api/catalog/sql_embeddings.py). Kept per model, so switching back is free.
+image_embeddings = Table(
+    "image_embeddings",
+    metadata,
+    Column("image_id", Id, ForeignKey("images.image_id", ondelete="CASCADE"), primary_key=True),
+    Column("model_id", Text, primary_key=True),
+    Column("embedding", LargeBinary, nullable=False),
+)
+
+# The model version every replica should serve, per kind ("vision", "shopper"): a switch is a row here,
+# which each replica follows by itself (api/model_switch.py).
+served_models = Table(
+    "served_models",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("model_dir", Text, nullable=False),
+    Column("requested_at", Float, nullable=False),
+)

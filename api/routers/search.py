@@ -118,5 +118,5 @@ async def search(request: Request) -> Response:
     metrics = request.app.state.metrics
     metrics.decode.observe(result.timings_ms["decode"] / 1e3)
     metrics.embed.observe(result.timings_ms["embed"] / 1e3)
-    answer = search_answer(result, service.manifest, channel.value)
+    answer = search_answer(result, result.manifest, channel.value)  # the version that answered
     return Response(pydantic_core.to_json(answer), media_type="application/json")

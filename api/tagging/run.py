@@ -32,7 +32,7 @@ from vision.preprocess import Limits, torch_resize
 from vision.runtimes import Embedder, EmbedderOutput
 
 __all__ = ["Matcher", "TagOptions", "TagSummary", "Tagger"]
-Matcher = Callable[[np.ndarray, np.ndarray, int], CatalogueMatches]  # CatalogService.tag_matches
+Matcher = Callable[[np.ndarray, np.ndarray, int], CatalogueMatches]  # CatalogService.tag_matcher()
 FAILURES_IN_A_ROW = 3  # photos that each fail alone in a fresh worker before the run blames the workers
 
 

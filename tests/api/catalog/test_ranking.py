@@ -73,15 +73,15 @@ def test_tagging_matches_are_the_search_ranking(service):
     probs = np.zeros(len(service.manifest.fine_labels), dtype=np.float32)
     probs[0] = 0.6
     ranked = service.ranking.rank(query, probs, 3)
-    assert service.tag_matches(query, probs, 3).matches == [(m.product.product_id, m.score) for m in ranked]
+    assert service.tag_matcher()(query, probs, 3).matches == [(m.product.product_id, m.score) for m in ranked]
     # and a search of a photo ranks, and judges its first match, by the same rule over the model's outputs
     out = service.embedder.embed(load_image(photo(4).data, service.spec)[None])
-    expected = service.tag_matches(out.embedding[0], out.fine_probs[0], 3)
+    expected = service.tag_matcher()(out.embedding[0], out.fine_probs[0], 3)
     result = service.search(photo(4).data, k=3)
     assert [m.product.product_id for m in result.matches] == [pid for pid, _ in expected.matches]
     assert [m.score for m in result.matches] == pytest.approx([score for _, score in expected.matches], abs=1e-5)
     assert (result.matched, result.match_confidence) == pytest.approx((expected.matched, expected.confidence), abs=1e-5)
-    assert service.tag_matches(out.embedding[0], out.fine_probs[0], 0).matches == []  # k=0: judged, not listed
+    assert service.tag_matcher()(out.embedding[0], out.fine_probs[0], 0).matches == []  # k=0: judged, not listed
 
 
 def test_personal_scores_reorder_by_their_share_among_the_candidates(service):

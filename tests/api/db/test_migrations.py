@@ -69,7 +69,7 @@ def test_data_dir_from_before_the_migrations_upgrades_in_place(tmp_path):
     assert store.get_product("p1").attributes == {"fat": "3%"}
     assert sorted(store.image_ids().tolist()) == [1, 2]
     assert [e.event_id for e in store.history("u")] == ["e1"]
-    entries = next(store.iter_entries())
+    entries = next(store.iter_entries("m:1"))
     assert entries.ids.tolist() == [1, 2] and np.allclose(entries.vectors, 0.5)
     assert entries.product_ids == ["p1", "p1"]
     # photo ids stay never reused: the next photo is 4, not the 3 that was deleted
