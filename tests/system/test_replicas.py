@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -326,3 +327,25 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def test_a_model_switch_asked_of_a_reaches_b_and_both_find_every_photo(replicas):
+    """The int8 embedder to the fp32 one on both replicas: asked of A, followed by B on its own; a photo B
+    adds while the switch is under way (with the old version's vector) is embedded for the new one, and
+    both replicas find every photo."""
+    fp32 = str(REPO_ROOT / "triton_models" / "product_embedder")
+    a, b = replicas.start("a"), replicas.start("b")
+    for i, photo in enumerate(PHOTOS[:6]):
+        new_product(a, f"s{i}", photo)
+    assert a.put("/v1/models/vision", json={"model_dir": fp32}).status_code == 202
+    new_product(b, "added-meanwhile", PHOTOS[6])
+    for client in (a, b):
+        deadline = time.monotonic() + 120
+        while (state := client.get("/v1/models").json()["vision"])["model_dir"] != fp32 or state["state"] != "serving":
+            assert time.monotonic() < deadline and state["state"] != "failed", state
+            time.sleep(0.2)
+    for client in (a, b):
+        for i, photo in enumerate(PHOTOS[:7]):
+            answer = search(client, photo, k=1).json()
+            assert answer["model"]["id"] == "seesku-efficientnet-lite0-ft"
+            assert answer["matches"][0]["product_id"] == (f"s{i}" if i < 6 else "added-meanwhile")
