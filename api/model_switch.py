@@ -126,4 +126,4 @@ class ModelSwitcher:
             self._failed[kind] = str(folder)
             state.state, state.error = "failed", str(exc)
             return
-        self.states[kind] = SwitchState(serving, str(folder))
+        self.states[kind] = SwitchState(serving, str(folder), progress=state.progress)  # what it took
