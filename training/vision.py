@@ -65,6 +65,9 @@ class TrainConfig:
     # Share of training photos re-delivered by a channel first (re-encoded, palette, web-sized, DCT-scaled
     # decode; training/augment.py): the same photo should get the same answer from every channel.
     channel_p: float = 0.0
+    # A fine-tuned checkpoint to start from instead of ImageNet (its backbone and embedding; heads whose label
+    # space differs start anew): how the catalogue's own photos teach the served model more.
+    init: str | None = None
     freeze_blocks: int = 2  # stem + this many of the backbone's blocks stay at their ImageNet weights
     sizes: list[int] = field(default_factory=lambda: [160, 192, 224])  # resolution per equal share of epochs
     cache_side: int = 288
@@ -112,6 +115,14 @@ def build_model(config: TrainConfig, photos: PhotoSet, pretrained: bool = True) 
         for parameter in module.parameters():
             parameter.requires_grad = False
     return model.to(memory_format=torch.channels_last)
+
+
+def start_from(model: ProductModel, checkpoint: str) -> None:
+    """The weights of `checkpoint` wherever their shapes fit (every layer but heads of another label space)."""
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    own = model.state_dict()
+    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
 
 
 def frozen_modules(model: ProductModel, blocks: int) -> list[torch.nn.Module]:
@@ -254,7 +265,9 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
     spec = InputSpec(REGISTRY[config.backbone].input_size, REGISTRY[config.backbone].crop_pct)
     val_pixels, val_fine, val_coarse, iconic_pixels, iconic_labels = validation_arrays(val_set, iconic_items, spec)
 
-    model = build_model(config, train_set, pretrained=state is None)
+    model = build_model(config, train_set, pretrained=state is None and config.init is None)
+    if state is None and config.init:
+        start_from(model, config.init)
     optimizer = make_optimizer(model, config)
     steps_per_epoch, scheduler = make_scheduler(optimizer, labels[: len(train_set.photos)], config)
     start_epoch, best, history = 0, -1.0, []

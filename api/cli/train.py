@@ -21,13 +21,23 @@ app = typer.Typer(help="Train models (needs the train extras: make test installs
 
 @app.command("vision")
 def train_vision(
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints, history, exported model")],
     data: Annotated[
-        Path,
+        Optional[Path],
         typer.Option(
             exists=True, help="Grocery Store root, a folder per product, or a CSV of path,product_id,fine,coarse"
         ),
-    ],
-    out: Annotated[Path, typer.Option(help="run folder: checkpoints, history, exported model")],
+    ] = None,
+    from_catalog: Annotated[
+        bool,
+        typer.Option(
+            "--from-catalog",
+            help="train on the catalogue's own reference photos (the data dir's; merchandisers' applied decisions included)",
+        ),
+    ] = False,
+    init: Annotated[
+        Optional[Path], typer.Option(exists=True, help="a fine-tuned checkpoint to start from instead of ImageNet")
+    ] = None,
     backbone: Annotated[str, typer.Option(help="tf_efficientnet_lite0/1/2")] = "tf_efficientnet_lite0",
     epochs: Annotated[int, typer.Option(min=1)] = 15,
     sizes: Annotated[str, typer.Option(help="training resolutions, one per equal share of the epochs")] = "160,192,224",
@@ -55,8 +65,13 @@ def train_vision(
     from training.progress import TrainProgress
     from training.vision import TrainConfig, train
 
+    if (data is None) == (not from_catalog):
+        raise typer.BadParameter("give --data DIR or --from-catalog, one of them")
+    if from_catalog:
+        data = catalogue_training_csv(out / "catalog")
     config = TrainConfig(
         data=str(data),
+        init=str(init) if init else None,
         out=str(out),
         backbone=backbone,
         epochs=epochs,
@@ -76,6 +91,36 @@ def train_vision(
     if export:
         queries = REPO_ROOT / "samples" / "queries.csv"
         export_checkpoint(best, out / "product_embedder", queries if queries.exists() else None)
+
+
+def catalogue_training_csv(folder: Path) -> Path:
+    """The catalogue of the data dir as training data: its photos and a CSV of path, product_id, fine, coarse
+    (each fine category's first photo its catalogue photo; the rest split by a hash of the path, as any CSV)."""
+    import csv
+
+    from api.catalog.csv_io import export_catalog_csv
+    from api.cli.common import open_service
+
+    service = open_service(Settings())
+    try:
+        products = export_catalog_csv(service, folder)
+    finally:
+        service.close()
+    rows, anchored = [], set()
+    with open(folder / "catalog.csv", newline="", encoding="utf-8") as f:
+        for product in csv.DictReader(f):
+            for path in filter(None, product["images"].split(";")):
+                iconic = product["fine_category"] not in anchored
+                anchored.add(product["fine_category"])
+                rows.append(
+                    [path, product["product_id"], product["fine_category"], product["coarse_category"], int(iconic)]
+                )
+    with open(folder / "training.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "product_id", "fine", "coarse", "iconic"])
+        writer.writerows(rows)
+    typer.echo(f"{products} products, {len(rows)} photos from the catalogue: {folder / 'training.csv'}", err=True)
+    return folder / "training.csv"
 
 
 def export_checkpoint(checkpoint: Path, out: Path, queries: Path | None, **options) -> None:

@@ -382,3 +382,41 @@ def test_gallery_vote_weights_the_nearest_photos_by_softmax():
         vote(similarity, labels, 3, 2, 0.1), [[share[0] / share.sum(), share[1] / share.sum(), 0]]
     )
     np.testing.assert_allclose(vote(similarity, labels, 3, 4, 100.0).sum(), 1.0)
+
+
+def test_the_catalogue_teaches_the_model(tiny_folder, tmp_path):
+    """`seesku train vision --from-catalog` trains on the data dir's catalogue photos, from a checkpoint."""
+    started = tmp_path / "first"
+    train(_config(tiny_folder, started, epochs=1, embedding_dim=512))
+    with open(tmp_path / "catalog.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["product_id", "name", "fine_category", "coarse_category", "description", "images"])
+        for product in COLOURS:
+            photos = sorted((tiny_folder / "train" / COARSE[product] / product).glob("*.jpg"))
+            writer.writerow([product, product, product, COARSE[product], "", ";".join(str(p) for p in photos)])
+    data_dir = tmp_path / "data"
+    assert seesku("catalog", "import", str(tmp_path / "catalog.csv"), data_dir=data_dir).returncode == 0
+    out = tmp_path / "from-catalog"
+    run = seesku(
+        "train", "vision", "--from-catalog", "--out", str(out), "--init", str(started / "best.pt"),
+        "--epochs", "1", "--sizes", "64", "--max-steps-per-epoch", "2", "--threads", "2", "--no-export",
+        data_dir=data_dir,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "catalog" / "training.csv")))
+    assert len(rows) == 27 and sum(r["iconic"] == "1" for r in rows) == 3
+    assert {r["fine"] for r in rows} == set(COLOURS) and all((out / "catalog" / r["path"]).is_file() for r in rows)
+    checkpoint = torch.load(out / "last.pt", weights_only=False)
+    assert checkpoint["config"]["init"] == str(started / "best.pt") and checkpoint["epoch"] == 0
+
+
+def test_a_checkpoint_start_keeps_every_weight_whose_shape_fits(tiny_folder, tmp_path):
+    from training.vision import build_model, start_from
+
+    train(_config(tiny_folder, tmp_path / "run", epochs=1))
+    photos = load_photos(tiny_folder, "train")
+    fresh = build_model(_config(tiny_folder, tmp_path / "other"), photos, pretrained=False)
+    start_from(fresh, str(tmp_path / "run" / "best.pt"))
+    trained = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]
+    own = fresh.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in trained.items() if own[k].shape == v.shape)
