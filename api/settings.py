@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(
         0, ge=0, description="in-process inference threads (ONNX Runtime or OpenVINO); 0 = all cores"
     )
+    switch_embed_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the time a model switch spends embedding the catalogue for the new version (it "
+        "rests the rest, so searches keep their latency); 1 = flat out",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted photo (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard (422 above)")
     max_images_per_request: int = Field(32, gt=0, description="photos in one POST /v1/products/{id}/images")

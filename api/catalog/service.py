@@ -92,7 +92,7 @@ class CatalogService:
         embedder = self.settings.create_embedder(model_dir)
         if self.serving is not None and embedder.manifest.served_id == self.model_id:
             return self.model_id
-        new = start_serving(self, embedder, model_dir, progress)
+        new = start_serving(self, embedder, model_dir, progress, beside=True)
         with self.write_lock:
             new.follower.catch_up()  # what was written while it was built
             old, self.serving = self.serving, new

@@ -79,10 +79,11 @@ def match_rule(model_dir: Path, model_id: str) -> MatchRule:
 class StaleEmbedder:
     """Embeds the photos a model version has no vectors of and stores them (CatalogStore.set_embeddings)."""
 
-    def __init__(self, service, embedder: Embedder, spec: InputSpec):
+    def __init__(self, service, embedder: Embedder, spec: InputSpec, share: float = 1.0):
         self.store, self.files, self.limits = service.store, service.files, service.limits
         self.embedder, self.spec = embedder, spec
         self.model_id = embedder.manifest.served_id
+        self.share = share  # of the time spent embedding; resting the rest leaves the cores to the searches
 
     def __call__(self, image_ids: Sequence[int] | None, progress: Callable[[int, int], None] | None = None) -> None:
         stale = self.store.stale_images(self.model_id, image_ids)
@@ -91,6 +92,7 @@ class StaleEmbedder:
         if image_ids is None:
             log.warning("embedding %d photos stored by another model version for %s", len(stale), self.model_id)
         for start in range(0, len(stale), EMBED_BATCH):
+            started = time.perf_counter()
             chunk, pixels = [], []
             for im in stale[start : start + EMBED_BATCH]:
                 try:
@@ -102,17 +104,24 @@ class StaleEmbedder:
                 self.store.set_embeddings(chunk, self.embedder.embed(np.stack(pixels)).embedding, self.model_id)
             if progress:
                 progress(min(start + EMBED_BATCH, len(stale)), len(stale))
+            if self.share < 1:
+                time.sleep((time.perf_counter() - started) * (1 - self.share) / self.share)
 
 
 def start_serving(
-    service, embedder: Embedder, model_dir: Path, progress: Callable[[int, int], None] | None = None
+    service,
+    embedder: Embedder,
+    model_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    beside: bool = False,
 ) -> Serving:
-    """A model version ready to serve beside the current one (which keeps answering meanwhile)."""
+    """A model version ready to serve; `beside`: while another version answers, which keeps the cores it
+    needs (the catalogue is embedded at SEESKU_SWITCH_EMBED_SHARE of the time)."""
     settings, store = service.settings, service.store
     load_embedder(embedder, settings.inference_startup_wait_s)
     manifest = embedder.manifest
     spec = manifest.input.spec()
-    embed_missing = StaleEmbedder(service, embedder, spec)
+    embed_missing = StaleEmbedder(service, embedder, spec, settings.switch_embed_share if beside else 1.0)
     cursor = store.change_head()  # before the embedding and the comparison: what changes after it is followed
     embed_missing(None, progress)
     index, restored = settings.open_index(manifest.served_id, manifest.embedding_dim)
@@ -127,6 +136,7 @@ def start_serving(
     )
     follower.start_at(cursor)
     follower.catch_up()
+    embed_missing.share = 1.0  # from now on it embeds only photos written meanwhile, before they are searched
     ranking = Ranking(store, index, manifest.fine_labels, settings.head_weight)
     return Serving(embedder, model_dir, spec, match_rule(model_dir, manifest.served_id), index, ranking, follower)
 
