@@ -80,6 +80,7 @@ def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -
         },
         "timings_ms": {k: _rounded(v, 3) for k, v in result.timings_ms.items()},
         "model": {"id": manifest.model_id, "version": manifest.version},
+        "personal_model": result.personal_model,
         "channel": channel,
     }
 

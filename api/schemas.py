@@ -87,6 +87,9 @@ class SearchResponse(BaseModel):
     categories: Categories
     timings_ms: Timings
     model: ModelInfo
+    personal_model: str | None = Field(
+        None, description="the shopper model version (id:version) that re-ranked the matches; null when none did"
+    )
     channel: Channel
 
 

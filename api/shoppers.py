@@ -78,11 +78,14 @@ class ShopperService:
         history = self.store.history(user_id, scorer.manifest.max_len)
         return scorer.scores(history) or None, scorer.manifest.served_id
 
-    def personalisation(self, user_id: str | None, weight: float | None) -> tuple[dict[str, float] | None, float]:
-        """What a search re-ranks by for this shopper: (scores or None, weight); weight None means the
-        default (SEESKU_PERSONAL_WEIGHT), and 0 turns it off."""
+    def personalisation(
+        self, user_id: str | None, weight: float | None
+    ) -> tuple[dict[str, float] | None, float, str | None]:
+        """What a search re-ranks by for this shopper: (scores or None, weight, the shopper model version that
+        scored); weight None means the default (SEESKU_PERSONAL_WEIGHT), and 0 turns it off."""
         weight = self.default_personal_weight if weight is None else weight
-        return (self.personal_scores(user_id) if weight > 0 else None), weight
+        scores, model = self.scored(user_id) if weight > 0 else (None, None)
+        return scores, weight, model if scores else None
 
     def recommendations(self, user_id: str, k: int) -> Recommendations:
         products = {p.product_id: p for p in self.store.all_products()}

@@ -51,6 +51,7 @@ class SearchResult:
     matched: bool = False  # the top product judged to be the photographed one (vision.match_rule)
     match_confidence: float = 0.0
     manifest: ModelManifest | None = None  # the model version that answered
+    personal_model: str | None = None  # the shopper model version that re-ranked it, if one did
 
 
 class CatalogService:

@@ -97,8 +97,10 @@ def search_params(request: Request, fields: dict[str, str]) -> tuple[SearchParam
 
 def run_search(catalog: CatalogService, shoppers: ShopperService, data: bytes, params: SearchParams) -> SearchResult:
     """The search itself, personalised for the shopper when one is named (one worker thread for both)."""
-    personal, weight = shoppers.personalisation(params.user_id, params.personal_weight)
-    return catalog.search(data, params.k, params.category, 5, personal, weight)
+    personal, weight, shopper_model = shoppers.personalisation(params.user_id, params.personal_weight)
+    result = catalog.search(data, params.k, params.category, 5, personal, weight)
+    result.personal_model = shopper_model
+    return result
 
 
 @router.post(

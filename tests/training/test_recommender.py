@@ -113,7 +113,7 @@ def test_recommendations_from_history_and_popular_without(sample_client):
     assert nobody["source"] == "popular" and len(nobody["recommendations"]) == 3
 
 
-def search(client, **params):
+def search(client, answer=False, **params):
     resp = client.post(
         "/v1/search",
         params={"k": 10, **params},
@@ -121,7 +121,7 @@ def search(client, **params):
         headers={"Content-Type": "image/jpeg"},
     )
     assert resp.status_code == 200, resp.text
-    return resp.json()["matches"]
+    return resp.json() if answer else resp.json()["matches"]
 
 
 def test_personal_reranking_with_a_fixed_history(sample_client):
@@ -142,6 +142,10 @@ def test_personal_reranking_with_a_fixed_history(sample_client):
     no_history = search(sample_client, user_id="t-never-seen")
     assert [m["product_id"] for m in no_history] == [m["product_id"] for m in visual]
     assert all(m["personal_score"] is None for m in no_history)
+    # the answer names the shopper model version that re-ranked it, and none when none did
+    named = search(sample_client, answer=True, user_id="t-fusion", personal_weight=5)["personal_model"]
+    assert named == sample_client.app.state.shoppers.model_id and named.count(":") == 1
+    assert search(sample_client, answer=True, user_id="t-never-seen")["personal_model"] is None
 
 
 def test_bad_personal_weight(sample_client):
