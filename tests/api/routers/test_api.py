@@ -33,7 +33,16 @@ def test_search_contract(sample_client):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     SearchResponse.model_validate(body)  # the route builds plain JSON values: they must keep to the contract
-    assert set(body) == {"matched", "match_confidence", "matches", "categories", "timings_ms", "model", "channel"}
+    assert set(body) == {
+        "matched",
+        "match_confidence",
+        "matches",
+        "categories",
+        "timings_ms",
+        "model",
+        "personal_model",
+        "channel",
+    }
     assert len(body["matches"]) == 5
     first = body["matches"][0]
     assert set(first) == {
