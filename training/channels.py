@@ -122,14 +122,15 @@ def evaluate_channels(
     return result
 
 
-def _photo_row(service, data: bytes, channels: list[str]) -> dict[str, tuple[str | None, np.ndarray, np.ndarray]]:
-    """channel -> (top-1 product, model input, embedding)."""
+def _photo_row(service, data: bytes, channels: list[str]) -> dict[str, tuple]:
+    """channel -> (top-1 product, model input, embedding, score margin of the top-1 over the second)."""
     row = {}
     for name, version in channel_versions(data, channels).items():
         pixels = prepare_photo(version, service.spec, service.limits)[1]
         embedding = service.embedder.embed(pixels[None]).embedding[0]
-        matches = service.search(version, k=1).matches
-        row[name] = (matches[0].product.product_id if matches else None, pixels, embedding)
+        matches = service.search(version, k=2).matches
+        margin = matches[0].score - matches[1].score if len(matches) > 1 else float("inf")
+        row[name] = (matches[0].product.product_id if matches else None, pixels, embedding, margin)
     return row
 
 
@@ -148,6 +149,13 @@ def _summary(rows: list[dict], truth: list[str], channels: list[str], source: st
         }
     same_everywhere = [len({row[name][0] for name in channels}) == 1 for row in rows]
     by_class = Counter(y for y, same in zip(truth, same_everywhere) if not same)
+    # Model or decode: photos that change answer across channels, were they already wrong, or close calls,
+    # on the original delivery? (margin: ranking score of the first product over the second)
+    changing = [(row, y) for row, y, same in zip(rows, truth, same_everywhere) if not same]
+    margins = {
+        "changing": [row[base][3] for row, _ in changing],
+        "stable": [row[base][3] for row, same in zip(rows, same_everywhere) if same],
+    }
     top1 = {name: figures["top1"] for name, figures in per_channel.items()}
     worst = min(top1, key=top1.get)
     return {
@@ -161,6 +169,11 @@ def _summary(rows: list[dict], truth: list[str], channels: list[str], source: st
         "best_minus_worst_top1": max(top1.values()) - top1[worst],
         "channels": per_channel,
         "disagreeing_classes": dict(by_class.most_common(10)),
+        "disagreeing_photos": len(changing),
+        "disagreeing_wrong_on_original": float(np.mean([row[base][0] != y for row, y in changing]))
+        if changing
+        else 0.0,
+        "original_margin_median": {k: float(np.median(v)) if v else None for k, v in margins.items()},
     }
 
 
@@ -179,6 +192,15 @@ def table(result: dict) -> str:
             f"| {name} | {f['top1']:.2%} | {f[f'agrees_with_{base}']:.2%} | {f['input_pixel_diff']:.2f} | "
             f"{f['embedding_cosine']:.4f} |"
         )
+    if "disagreeing_photos" in result:
+        m = result["original_margin_median"]
+        lines += [
+            "",
+            f"{result['disagreeing_photos']} photos change answer across channels; "
+            f"{result['disagreeing_wrong_on_original']:.0%} of them are wrong on the original delivery; median "
+            f"margin of the first product over the second on the original: {m['changing']:.3f} for them, "
+            f"{m['stable']:.3f} for the others",
+        ]
     return "\n".join(lines) + "\n"
 
 
