@@ -132,6 +132,24 @@ def figures(rows: list[tuple[str, bool, float]], threshold: float) -> dict:
         if (wrong := [c < threshold for ok, c in in_catalogue if not ok])
         else None,
         "counts": {"correct_in_catalogue": len(positives), "out_of_catalogue": len(negatives)},
+        "operating_points": operating_points(positives, negatives),
+    }
+
+
+def operating_points(positives: np.ndarray, negatives: np.ndarray) -> dict:
+    """The two ends of the trade-off the issue sets (>= 90 % of out-of-catalogue photos unmatched, <= 5 % of
+    correct answers unmatched): what each costs of the other, at the threshold that just meets it."""
+    at_negatives = float(np.percentile(negatives, 90))
+    at_positives = float(np.percentile(positives, 5))
+    return {
+        "90pct_out_of_catalogue_unmatched": {
+            "threshold": at_negatives,
+            "correct_in_catalogue_unmatched": float(np.mean(positives < at_negatives)),
+        },
+        "5pct_correct_unmatched": {
+            "threshold": at_positives,
+            "out_of_catalogue_unmatched": float(np.mean(negatives < at_positives)),
+        },
     }
 
 
