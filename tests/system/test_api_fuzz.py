@@ -3,7 +3,7 @@ to the real server (`seesku serve` in a subprocess, its own data dir, the sample
 
 Every answer must be free of 5xx, documented (status code and content type) and match its response
 schema. SEESKU_API_FUZZ_EXAMPLES sets the examples per operation (default 60: about 1,100 cases over the
-25 operations, since operations without parameters have only a few distinct cases).
+30 operations, since operations without parameters have only a few distinct cases).
 """
 
 import os
@@ -88,7 +88,7 @@ def test_fuzz_ran_enough_cases():
     """Runs after the fuzz test (file order): the count behind the ">= 1,000 cases" figure."""
     total = sum(CASES.values())
     print(f"\nAPI fuzz: {total} cases over {len(CASES)} operations; statuses {dict(sorted(STATUSES.items()))}")
-    assert len(CASES) == 25, sorted(CASES)
+    assert len(CASES) == 30, sorted(CASES)
     assert all(status < 500 for status in STATUSES)
     if EXAMPLES >= 60:
         assert total >= 1000
