@@ -193,13 +193,13 @@ def table(result: dict) -> str:
             f"{f['embedding_cosine']:.4f} |"
         )
     if "disagreeing_photos" in result:
-        m = result["original_margin_median"]
+        m = {k: "-" if v is None else f"{v:.3f}" for k, v in result["original_margin_median"].items()}
         lines += [
             "",
             f"{result['disagreeing_photos']} photos change answer across channels; "
             f"{result['disagreeing_wrong_on_original']:.0%} of them are wrong on the original delivery; median "
-            f"margin of the first product over the second on the original: {m['changing']:.3f} for them, "
-            f"{m['stable']:.3f} for the others",
+            f"margin of the first product over the second on the original: {m['changing']} for them, "
+            f"{m['stable']} for the others",
         ]
     return "\n".join(lines) + "\n"
 
