@@ -48,8 +48,9 @@ def start_service(settings: Settings) -> CatalogService:
 
 def start_shoppers(settings: Settings, service: CatalogService) -> ShopperService:
     """Shopper events and the shopper model, over the catalogue's store and ranking rule."""
-    scorer = settings.create_shopper_scorer(requested_models(settings.database()).get("shopper"))
-    return ShopperService(service.store, service.ranking, scorer, settings.personal_weight)
+    folder = requested_models(settings.database()).get("shopper") or settings.recommender_dir
+    scorer = settings.create_shopper_scorer(folder)
+    return ShopperService(service.store, service.ranking, scorer, settings.personal_weight, folder if scorer else None)
 
 
 def start_jobs(settings: Settings, service: CatalogService):

@@ -39,7 +39,9 @@ def requested_models(engine: Engine) -> dict[str, Path]:
 
 
 def request_model(engine: Engine, kind: str, model_dir: Path) -> None:
-    """Ask every replica to serve `model_dir` for `kind`; ModelRequestError when it holds no such model."""
+    """Ask every replica to serve `model_dir` (made absolute: the replicas share a disk layout, not a working
+    directory) for `kind`; ModelRequestError when it holds no such model."""
+    model_dir = model_dir.resolve()
     if kind not in KINDS:
         raise ModelRequestError(f"unknown model kind {kind!r}; one of {', '.join(KINDS)}")
     try:
@@ -77,7 +79,7 @@ class ModelSwitcher:
         self.interval_s = interval_s
         self.states = {
             "vision": SwitchState(service.model_id, str(service.serving.model_dir)),
-            "shopper": SwitchState(shoppers.model_id, str(settings.recommender_dir or "") or None),
+            "shopper": SwitchState(shoppers.model_id, str(shoppers.model_dir) if shoppers.model_dir else None),
         }
         self._failed: dict[str, str] = {}  # kind -> folder that failed: not retried until the request changes
         self._wake = threading.Event()
@@ -94,7 +96,7 @@ class ModelSwitcher:
 
     def request(self, kind: str, model_dir: Path) -> None:
         request_model(self.engine, kind, model_dir)
-        self._failed.pop(kind, None)
+        self._failed.pop(kind, None)  # asked again: try again, here (other replicas retry a new folder only)
         self._wake.set()
 
     def _loop(self) -> None:
@@ -120,7 +122,7 @@ class ModelSwitcher:
                 scorer = self.settings.create_shopper_scorer(folder)
                 if scorer is None:
                     raise ModelRequestError(f"{folder} holds no shopper model")
-                serving = self.shoppers.switch_model(scorer)
+                serving = self.shoppers.switch_model(scorer, folder)
         except Exception as exc:  # a bad model must not take the replica down: it keeps serving the old one
             log.exception("switching the %s model to %s failed", kind, folder)
             self._failed[kind] = str(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from api.catalog.ranking import Ranking
 from api.catalog.records import ImageRecord, Product, UnknownProducts
@@ -35,9 +36,17 @@ class Recommendations:
 
 class ShopperService:
     def __init__(
-        self, store: CatalogStore, ranking: Ranking, scorer: ShopperScorer | None, default_personal_weight: float
+        self,
+        store: CatalogStore,
+        ranking: Ranking,
+        scorer: ShopperScorer | None,
+        default_personal_weight: float,
+        model_dir: Path | None = None,
     ):
+        # The ranking's recommend/popular read the store and the scores only, never the index: a switch of
+        # the product model leaves them as they are.
         self.store, self.ranking, self.scorer = store, ranking, scorer
+        self.model_dir = model_dir  # where `scorer` came from
         self.default_personal_weight = default_personal_weight
 
     @property
@@ -55,11 +64,11 @@ class ShopperService:
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
         return self.store.history(user_id, limit)
 
-    def switch_model(self, scorer: ShopperScorer) -> str:
+    def switch_model(self, scorer: ShopperScorer, model_dir: Path | None = None) -> str:
         """Score with `scorer` from now on (loaded first, while the current one keeps answering); the old one
         is closed once the requests that began on it have ended. Returns the new version's id."""
         scorer.load()
-        old, self.scorer = self.scorer, scorer
+        old, self.scorer, self.model_dir = self.scorer, scorer, model_dir
         if old is not None:
             timer = threading.Timer(RETIRE_AFTER_S, old.close)
             timer.daemon = True
