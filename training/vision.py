@@ -117,11 +117,18 @@ def build_model(config: TrainConfig, photos: PhotoSet, pretrained: bool = True) 
     return model.to(memory_format=torch.channels_last)
 
 
-def start_from(model: ProductModel, checkpoint: str) -> None:
-    """The weights of `checkpoint` wherever their shapes fit (every layer but heads of another label space)."""
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+def start_from(model: ProductModel, checkpoint: str, photos: PhotoSet) -> None:
+    """The weights of `checkpoint` wherever their shapes fit; a head only when its labels are the same, in the
+    same order (a head of the same size over other or reordered labels would start every class wrong)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    same = {"fine_head.": state["fine_labels"] == photos.fine_labels,
+            "coarse_head.": state["coarse_labels"] == photos.coarse_labels}  # fmt: skip
     own = model.state_dict()
-    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    fitting = {
+        k: v
+        for k, v in state["model"].items()
+        if k in own and own[k].shape == v.shape and all(ok or not k.startswith(head) for head, ok in same.items())
+    }
     model.load_state_dict(fitting, strict=False)
 
 
@@ -267,7 +274,7 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
 
     model = build_model(config, train_set, pretrained=state is None and config.init is None)
     if state is None and config.init:
-        start_from(model, config.init)
+        start_from(model, config.init, train_set)
     optimizer = make_optimizer(model, config)
     steps_per_epoch, scheduler = make_scheduler(optimizer, labels[: len(train_set.photos)], config)
     start_epoch, best, history = 0, -1.0, []

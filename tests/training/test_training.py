@@ -416,7 +416,15 @@ def test_a_checkpoint_start_keeps_every_weight_whose_shape_fits(tiny_folder, tmp
     train(_config(tiny_folder, tmp_path / "run", epochs=1))
     photos = load_photos(tiny_folder, "train")
     fresh = build_model(_config(tiny_folder, tmp_path / "other"), photos, pretrained=False)
-    start_from(fresh, str(tmp_path / "run" / "best.pt"))
+    start_from(fresh, str(tmp_path / "run" / "best.pt"), photos)
     trained = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]
     own = fresh.state_dict()
     assert all(torch.equal(own[k], v) for k, v in trained.items() if own[k].shape == v.shape)
+    # the same number of classes in another order: the backbone carries over, the heads start anew
+    photos.fine_labels = photos.fine_labels[::-1]
+    reordered = build_model(_config(tiny_folder, tmp_path / "other"), photos, pretrained=False)
+    before = reordered.state_dict()["fine_head.weight"].clone()
+    start_from(reordered, str(tmp_path / "run" / "best.pt"), photos)
+    assert torch.equal(reordered.state_dict()["fine_head.weight"], before)
+    key = next(k for k in trained if k.startswith("backbone."))
+    assert torch.equal(reordered.state_dict()[key], trained[key])
