@@ -53,6 +53,7 @@ class JobRunner:
         self.owner = uuid.uuid4().hex  # this replica, in the queue
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._running: tuple[str, _Lease] | None = None  # the job this replica runs now, and its lease
         self._thread = threading.Thread(target=self._loop, name="tagging-jobs", daemon=True)
 
     def start(self) -> None:
@@ -114,6 +115,9 @@ class JobRunner:
         if job is None or job.state not in ACTIVE:
             return job
         self.store.cancel(job_id)
+        running = self._running
+        if running is not None and running[0] == job_id:
+            running[1].cancelled = True  # this replica runs it: stop at the next batch, not the next heartbeat
         return self.store.get(job_id)
 
     # -- results ------------------------------------------------------------------------------
@@ -145,6 +149,7 @@ class JobRunner:
         job.started, job.error = job.started or time.time(), None
         self.store.save(job, self.owner)
         lease = _Lease(self.store, job.id, self.owner, self.lease_s)
+        self._running = (job.id, lease)
         started = time.perf_counter()
         first_done: list[int] = []
 
@@ -175,6 +180,7 @@ class JobRunner:
             self.store.save(job, self.owner)
             return
         finally:
+            self._running = None
             lease.stop()
         if lease.lost:
             log.warning("tagging job %s: lease lost, another replica has it", job.id)
@@ -208,7 +214,7 @@ class _Lease:
             except Exception as exc:  # the database is away for a moment: the lease has some slack
                 log.warning("renewing the lease of tagging job %s failed: %s", self.job_id, exc)
                 continue
-            self.lost, self.cancelled = not held, cancelled
+            self.lost, self.cancelled = not held, self.cancelled or cancelled
 
     def stop(self) -> None:
         self._done.set()
