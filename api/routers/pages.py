@@ -12,21 +12,15 @@ WEB = Path(__file__).resolve().parents[1] / "web"
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
-def search_page() -> FileResponse:
-    return FileResponse(WEB / "search.html", media_type="text/html")
+PAGES = {"/": "search.html", "/merchandiser": "merchandiser.html", "/review": "review.html", "/catalog": "catalog.html"}
 
 
-@router.get("/merchandiser")
-def merchandiser_page() -> FileResponse:
-    return FileResponse(WEB / "merchandiser.html", media_type="text/html")
+def _page(file: str):
+    def page() -> FileResponse:
+        return FileResponse(WEB / file, media_type="text/html")
+
+    return page
 
 
-@router.get("/review")
-def review_page() -> FileResponse:
-    return FileResponse(WEB / "review.html", media_type="text/html")
-
-
-@router.get("/catalog")
-def catalog_page() -> FileResponse:
-    return FileResponse(WEB / "catalog.html", media_type="text/html")
+for path, file in PAGES.items():
+    router.add_api_route(path, _page(file), methods=["GET"], name=file.removesuffix(".html"))

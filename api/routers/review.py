@@ -13,7 +13,15 @@ from api.deps import get_jobs, get_service, job_or_404
 from api.errors import ApiError
 from api.schemas import ApplyResult, DecisionsIn, DecisionsRecorded, ErrorResponse, ReviewFilter, ReviewPage
 from api.tagging.jobs import Job, JobRunner
-from api.tagging.review import Decision, DecisionError, DecisionStore, apply_decisions, check_decisions, review_reasons
+from api.tagging.review import (
+    AlreadyApplied,
+    Decision,
+    DecisionError,
+    DecisionStore,
+    apply_decisions,
+    check_decisions,
+    review_reasons,
+)
 
 router = APIRouter(prefix="/v1/tagging", tags=["tagging"])
 Jobs = Annotated[JobRunner, Depends(get_jobs)]
@@ -74,7 +82,7 @@ def record_decisions(job_id: str, body: DecisionsIn, jobs: Jobs) -> DecisionsRec
         check_decisions(decisions, {row["path"] for row in jobs.rows(job) if row.get("status") == "ok"})
         store.record(job_id, decisions)
     except DecisionError as exc:
-        status = 409 if "already applied" in str(exc) else 422
+        status = 409 if isinstance(exc, AlreadyApplied) else 422
         raise ApiError(status, "bad_decision", str(exc)) from None
     pending = sum(d.outcome is None for d in store.all(job_id).values())
     return DecisionsRecorded(recorded=len(decisions), pending=pending)

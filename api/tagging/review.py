@@ -35,6 +35,10 @@ class DecisionError(ValueError):
     """Decisions that cannot be taken: nothing of the request was stored."""
 
 
+class AlreadyApplied(DecisionError):
+    """A decision an apply has carried out: it can no longer change."""
+
+
 @dataclass
 class Decision:
     key: str  # the photo, as the job names it
@@ -69,7 +73,7 @@ class DecisionStore:
             ).scalars()
             settled = sorted(settled)
             if settled:
-                raise DecisionError(f"already applied, so it can no longer change: {', '.join(settled[:5])}")
+                raise AlreadyApplied(f"already applied, so it can no longer change: {', '.join(settled[:5])}")
             conn.execute(delete(t).where(t.c.job_id == job_id, t.c.key.in_(keys)))
             conn.execute(
                 t.insert(),
