@@ -41,7 +41,7 @@ class Event:
 
 class RecommenderManifest(BaseModel):
     model_id: str
-    version: str = "1"
+    version: str = "1"  # the graph's checksum since exports carry one; "1" in the first shipped model
     vocabulary: list[str] = Field(description="product ids; the model's item id is the position + 1 (0 = padding)")
     max_len: int
     dim: int

@@ -150,6 +150,16 @@ def train_recommender(
     lr: Annotated[float, typer.Option()] = 1e-3,
     batch: Annotated[int, typer.Option(min=1, help="users per step")] = 256,
     dropout: Annotated[float, typer.Option(min=0, max=0.9)] = 0.3,
+    blocks: Annotated[int, typer.Option(min=1, help="self-attention blocks")] = 2,
+    heads: Annotated[int, typer.Option(min=1, help="attention heads (must divide --dim)")] = 2,
+    head: Annotated[
+        Literal["mlp", "none"], typer.Option(help="user vector: an MLP over the last state, or the state itself")
+    ] = "mlp",
+    loss: Annotated[
+        Literal["ce", "sampled"],
+        typer.Option(help="ce: softmax over every item; sampled: over the target and --negatives random items"),
+    ] = "ce",
+    negatives: Annotated[int, typer.Option(min=1, help="negatives per batch of the sampled softmax")] = 256,
     seed: Annotated[int, typer.Option()] = 0,
     cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
     cl_temperature: Annotated[float, typer.Option(min=0.01)] = 1.0,
@@ -184,6 +194,11 @@ def train_recommender(
         lr=lr,
         batch=batch,
         dropout=dropout,
+        blocks=blocks,
+        heads=heads,
+        head=head,
+        loss=loss,
+        negatives=negatives,
         seed=seed,
         from_events=from_events,
         cl_weight=cl_weight,

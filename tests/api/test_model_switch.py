@@ -1,7 +1,6 @@
 """Switching models without a restart: the served int8 embedder to the fp32 one while searches run and a
 merchandiser adds a product, then a restart that keeps the new version; the shopper model the same way."""
 
-import shutil
 import threading
 import time
 
@@ -104,14 +103,47 @@ def test_bad_switch_requests_are_refused_and_change_nothing(data_dir, tmp_path):
         assert client.get("/v1/models").json()["vision"]["serving"] == serving
 
 
-def test_the_shopper_model_switches_the_same_way(data_dir, tmp_path):
-    copy = tmp_path / "user_recommender_v2"
-    shutil.copytree(REPO_ROOT / "triton_models" / "user_recommender", copy)
-    with TestClient(create_app(make_settings(data_dir))) as client:
-        event = {"user_id": "u1", "product_id": "Granny-Smith", "type": "view", "channel": "app",
-                 "timestamp": "2026-12-01T10:00:00Z"}  # fmt: skip
-        assert client.post("/v1/events", json={"events": [event]}).status_code == 200
-        assert client.put("/v1/models/shopper", json={"model_dir": str(copy)}).status_code == 202
-        state = wait_serving(client, "shopper", copy)
-        recommended = client.get("/v1/users/u1/recommendations").json()
-        assert recommended["source"] == "model" and recommended["model"] == state["serving"]
+def test_a_shopper_model_trained_on_the_service_events_is_switched_to_while_shoppers_search(data_dir, tmp_path):
+    """The loop a shop runs: its own events train a new shopper model, which replaces the served one while
+    personalised searches keep coming; every answer names the version that re-ranked it."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    trained = tmp_path / "user_recommender_from_events"
+    with TestClient(create_app(make_settings(data_dir, load_samples=True))) as client:
+        before = client.get("/v1/models").json()["shopper"]["serving"]
+        argv = ["train", "recommender", "--from-events", "--out", str(tmp_path / "run"), "--epochs", "2"]
+        result = CliRunner().invoke(
+            app, [*argv, "--batch", "64", "--export-to", str(trained)], env={"SEESKU_DATA_DIR": str(data_dir)}
+        )
+        assert result.exit_code == 0, result.output
+        user = client.get("/v1/users/shopper-0001/history").json()
+        assert user["events"], "the sample events have this shopper"
+        answers, stop = [], threading.Event()
+
+        def shopper():
+            while not stop.is_set():
+                resp = client.post(
+                    "/v1/search", params={"user_id": "shopper-0001"}, content=QUERY.read_bytes(),
+                    headers={"Content-Type": "image/jpeg"},
+                )  # fmt: skip
+                answers.append((resp.status_code, resp.json().get("personal_model")))
+
+        thread = threading.Thread(target=shopper)
+        thread.start()
+        try:
+            time.sleep(0.5)
+            assert client.put("/v1/models/shopper", json={"model_dir": str(trained)}).status_code == 202
+            after = wait_serving(client, "shopper", trained)["serving"]
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            thread.join()
+        assert after != before
+        assert answers and all(code == 200 for code, _ in answers), {code for code, _ in answers}
+        versions = [model for _, model in answers]
+        first_new = versions.index(after)
+        assert set(versions[:first_new]) == {before} and set(versions[first_new:]) == {after}
+        recommended = client.get("/v1/users/shopper-0001/recommendations").json()
+        assert recommended["source"] == "model" and recommended["model"] == after

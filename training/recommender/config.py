@@ -15,6 +15,13 @@ class RecommenderConfig:
     blocks: int = 2
     heads: int = 2
     dropout: float = 0.3
+    # "mlp": a two-layer perceptron turns the last state into the user vector; "none": the state itself, as
+    # in SASRec.
+    head: str = "mlp"
+    # "ce": full softmax cross-entropy over every item; "sampled": softmax over the target and `negatives`
+    # items drawn uniformly per batch (shared by its positions), as in the eSASRec benchmark's SASRec-SS.
+    loss: str = "ce"
+    negatives: int = 256
     epochs: int = 200
     batch: int = 256
     lr: float = 1e-3
@@ -36,12 +43,20 @@ class RecommenderConfig:
     fit_through: str = "train"
 
 
+# Checkpoints written before a setting existed were trained as these say; a newer default must not rebuild
+# them another way.
+BEFORE_SETTING = {"blocks": 2, "heads": 2, "head": "mlp", "loss": "ce"}
+
+
 def reproduce_command(config: dict) -> str:
     """The `seesku train recommender` line that reproduces a checkpoint's config."""
     command = (
         "seesku train recommender --data {data} --out {out} --epochs {epochs} --dim {dim} --max-len {max_len} "
-        "--lr {lr:g} --batch {batch} --dropout {dropout:g} --seed {seed}"
-    ).format(**config)
+        "--lr {lr:g} --batch {batch} --dropout {dropout:g} --blocks {blocks} --heads {heads} --head {head} "
+        "--loss {loss} --seed {seed}"
+    ).format(**{**BEFORE_SETTING, **config})
+    if config.get("loss") == "sampled":
+        command += " --negatives {negatives}".format(**config)
     if config.get("cl_weight"):
         command += " --cl-weight {cl_weight:g} --cl-temperature {cl_temperature:g}".format(**config)
     if config.get("fit_through", "train") != "train":

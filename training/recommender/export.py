@@ -7,6 +7,7 @@ vocabulary, so the service maps product ids without torch.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,9 @@ def export_recommender(
     config = state["config"]
     manifest = RecommenderManifest(
         model_id=f"seesku-sequence-recommender-d{config['dim']}",
+        # As for the embedder, the graph's checksum: two trainings never share a version, so an answer's
+        # `personal_model` says which one re-ranked it.
+        version=hashlib.sha256((out_dir / "1" / "model.onnx").read_bytes()).hexdigest()[:12],
         vocabulary=state["vocabulary"],
         max_len=config["max_len"],
         dim=config["dim"],

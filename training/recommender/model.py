@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.recommender.config import RecommenderConfig
+from training.recommender.config import BEFORE_SETTING, RecommenderConfig
 from vision.recommender import CHANNELS, EVENT_TYPES
 
 
@@ -44,7 +44,14 @@ class CausalBlock(nn.Module):
 
 class SequenceRecommender(nn.Module):
     def __init__(
-        self, num_items: int, dim: int = 64, max_len: int = 50, blocks: int = 2, heads: int = 2, dropout: float = 0.2
+        self,
+        num_items: int,
+        dim: int = 64,
+        max_len: int = 50,
+        blocks: int = 2,
+        heads: int = 2,
+        dropout: float = 0.2,
+        head: str = "mlp",
     ):
         super().__init__()
         self.num_items, self.dim, self.max_len = num_items, dim, max_len
@@ -55,7 +62,13 @@ class SequenceRecommender(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * 2, dim))
+        if head not in ("mlp", "none"):
+            raise ValueError(f"head must be 'mlp' or 'none', not {head!r}")
+        self.head = (
+            nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * 2, dim))
+            if head == "mlp"
+            else nn.Identity()
+        )
         nn.init.normal_(self.items.weight, std=dim**-0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
@@ -82,12 +95,14 @@ class SequenceRecommender(nn.Module):
 
 
 def build(config: RecommenderConfig, num_items: int) -> SequenceRecommender:
-    return SequenceRecommender(num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout)
+    return SequenceRecommender(
+        num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout, config.head
+    )
 
 
 def load(path: str | Path) -> tuple[SequenceRecommender, dict]:
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = RecommenderConfig(**state["config"])
+    config = RecommenderConfig(**{**BEFORE_SETTING, **state["config"]})
     model = build(config, state["num_items"])
     model.load_state_dict(state["model"])
     return model.eval(), state

@@ -88,6 +88,24 @@ def contrastive_loss(
     return F.cross_entropy(sim.masked_fill(blocked, float("-inf")), positive)
 
 
+def next_item_loss(model, users: torch.Tensor, targets: torch.Tensor, config: RecommenderConfig, generator):
+    """Cross-entropy of each position's next item: against every item ("ce"), or against the target and
+    `config.negatives` uniformly drawn items shared by the batch ("sampled"; a negative that is the
+    position's own target is masked, so it never counts as its own competitor)."""
+    table = model.items.weight
+    if config.loss == "ce":
+        logits = users @ table.t()
+        logits[:, 0] = float("-inf")  # never predict padding
+        return F.cross_entropy(logits, targets)
+    if config.loss != "sampled":
+        raise ValueError(f"loss must be 'ce' or 'sampled', not {config.loss!r}")
+    negatives = torch.randint(1, table.shape[0], (config.negatives,), generator=generator)
+    positive = (users * table[targets]).sum(dim=1, keepdim=True)
+    negative = (users @ table[negatives].t()).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
 def length_bucketed_batches(seqs: Sequences, users: list[int], batch: int, rng: np.random.Generator) -> list[list[int]]:
     """Shuffled batches of users with similar sequence lengths, so little of each batch is padding."""
     order = list(rng.permutation(users))
@@ -115,7 +133,7 @@ def train_epoch(
     batches: list[list[int]],
     config: RecommenderConfig,
     held_out: int,
-    cl_generator: torch.Generator,
+    generator: torch.Generator,
     progress=None,
 ) -> tuple[float, int]:
     """One pass over `batches` of users: full softmax cross-entropy at every real position (plus the
@@ -127,13 +145,11 @@ def train_epoch(
         states = model.states(x, c, t)
         valid = y != 0
         users_now, targets = states[valid], y[valid]  # real positions only
-        logits = users_now @ model.items.weight.t()
-        logits[:, 0] = float("-inf")  # never predict padding
-        loss = F.cross_entropy(logits, targets)
+        loss = next_item_loss(model, users_now, targets, config, generator)
         if config.cl_weight:
             second = model.states(x, c, t)[valid]  # same events, another dropout mask
             loss = loss + config.cl_weight * contrastive_loss(
-                users_now, second, targets, config.cl_temperature, cl_generator
+                users_now, second, targets, config.cl_temperature, generator
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,7 +183,7 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
         raise ValueError(f"fit_through must be 'train' or 'val', not {config.fit_through!r}")
     held_out = 2 if config.fit_through == "train" else 1
     users = trainable_users(seqs, held_out)
-    cl_generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     meta = {"config": asdict(config), "num_items": seqs.num_items, "vocabulary": seqs.vocabulary}
     started = time.perf_counter() - sum(h.get("seconds", 0.0) for h in history)
     for epoch in range(start, config.epochs):
@@ -183,7 +199,7 @@ def train(config: RecommenderConfig, seqs: Sequences, resume: bool = False, log=
             batches,
             config,
             held_out,
-            cl_generator,
+            generator,
             (lambda step, total, loss: progress(epoch, step, total, loss)) if progress else None,
         )
         record = {

@@ -1,0 +1,61 @@
+"""The recommender's training recipe: the sampled softmax, the plain SASRec head, and old checkpoints."""
+
+import math
+
+import pytest
+import torch
+
+from tests.training.test_recommender import planted_sequences
+from training.recommender.config import RecommenderConfig, reproduce_command
+from training.recommender.evaluate import evaluate
+from training.recommender.model import build, load
+from training.recommender.train import next_item_loss, train
+
+
+def test_sampled_softmax_with_the_sasrec_head_learns_the_planted_pattern(tmp_path):
+    config = RecommenderConfig(
+        data="planted",
+        out=str(tmp_path / "run"),
+        dim=32,
+        blocks=1,
+        heads=1,
+        head="none",
+        loss="sampled",
+        negatives=8,
+        dropout=0.0,
+        epochs=30,
+        batch=64,
+        lr=3e-3,
+        eval_every=5,
+        patience=3,
+        threads=2,
+    )
+    model, state = load(train(config, planted_sequences(), log=lambda m: None))
+    assert isinstance(model.head, torch.nn.Identity)
+    assert evaluate(model, planted_sequences(), "test")["hr@5"] > 0.9
+    assert "--loss sampled --seed 0 --negatives 8" in reproduce_command(state["config"])
+
+
+def test_sampled_softmax_never_counts_the_target_as_its_own_negative():
+    config = RecommenderConfig(data="", out="", dim=4, loss="sampled", negatives=64)
+    model = build(config, num_items=2)
+    with torch.no_grad():
+        model.items.weight.copy_(torch.tensor([[0.0] * 4, [1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    user = torch.tensor([[2.0, 0, 0, 0]])
+    # 64 draws from items {1, 2}: those of item 1 (the target) are masked, the rest score 0 against 2.
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.randint(1, 3, (64,), generator=torch.Generator().manual_seed(0))
+    others = int((draws == 2).sum())
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + others))
+    loss = next_item_loss(model, user, torch.tensor([1]), config, generator)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_checkpoint_from_before_the_recipe_settings_loads_as_it_was_trained(tmp_path):
+    old = RecommenderConfig(data="d", out="o", dim=16, blocks=2, heads=2)
+    model = build(old, num_items=10)
+    config = {k: v for k, v in vars(old).items() if k not in ("head", "loss", "negatives", "blocks", "heads")}
+    torch.save({"model": model.state_dict(), "config": config, "num_items": 10}, tmp_path / "old.pt")
+    loaded, state = load(tmp_path / "old.pt")
+    assert isinstance(loaded.head, torch.nn.Sequential) and len(loaded.blocks) == 2
+    assert "--head mlp --loss ce" in reproduce_command(state["config"])
