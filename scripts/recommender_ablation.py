@@ -42,6 +42,10 @@ VARIANTS: dict[str, dict] = {
     "SASRec-SS: 256-d, 1 block, no head, sampled softmax 256": SASREC_SS,
     "SASRec-SS, full CE instead of sampled": {**SASREC_SS, "loss": "ce"},
     "SASRec-SS, 1024 negatives": {**SASREC_SS, "negatives": 1024},
+    "SASRec-SS, negatives drawn per position": {**SASREC_SS, "negatives_per": "position"},
+    "SASRec-SS, untied answer table": {**SASREC_SS, "tied": False},
+    "SASRec-SS, lr 3e-4": {**SASREC_SS, "lr": 3e-4},
+    "SASRec-SS, lr 3e-3": {**SASREC_SS, "lr": 3e-3},
     "SASRec-SS, 64 negatives": {**SASREC_SS, "negatives": 64},
     "SASRec-SS, 128-d": {**SASREC_SS, "dim": 128},
     "SASRec-SS, MLP head": {**SASREC_SS, "head": "mlp"},
@@ -73,12 +77,14 @@ def slug(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
-def run_variant(name: str, settings: dict, data: Path, runs: Path, max_epochs: int) -> dict:
+def run_variant(name: str, settings: dict, data: Path, runs: Path, max_epochs: int, threads: int = 0) -> dict:
     out = runs / slug(name)
     result_file = out / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    config = replace(RecommenderConfig(data=str(data), out=str(out), epochs=max_epochs, patience=4), **settings)
+    config = replace(
+        RecommenderConfig(data=str(data), out=str(out), epochs=max_epochs, patience=4, threads=threads), **settings
+    )
     seqs = read_sequence_file(data)
     best = train(
         config, seqs, resume=(out / "last.pt").exists(), log=lambda line: print(f"[{name}] {line}", flush=True)
@@ -127,6 +133,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablation")
     parser.add_argument("--report", type=Path, default=ROOT / "training" / "reports" / "recommender")
     parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: every core)")
     parser.add_argument("--only", nargs="*", help="variant names (default: all), in this order")
     args = parser.parse_args()
     halves = write_halves(args.data, args.runs / "halves")
@@ -138,7 +145,7 @@ def main() -> None:
     for name in VARIANTS:
         done = args.runs / slug(name) / "result.json"
         if name in names:
-            results.append(run_variant(name, VARIANTS[name], halves["a"], args.runs, args.max_epochs))
+            results.append(run_variant(name, VARIANTS[name], halves["a"], args.runs, args.max_epochs, args.threads))
         elif done.exists():
             results.append(json.loads(done.read_text()))
     args.report.mkdir(parents=True, exist_ok=True)

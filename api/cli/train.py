@@ -159,7 +159,11 @@ def train_recommender(
         Literal["ce", "sampled"],
         typer.Option(help="ce: softmax over every item; sampled: over the target and --negatives random items"),
     ] = "ce",
-    negatives: Annotated[int, typer.Option(min=1, help="negatives per batch of the sampled softmax")] = 256,
+    negatives: Annotated[int, typer.Option(min=1, help="negatives of the sampled softmax")] = 256,
+    negatives_per: Annotated[
+        Literal["batch", "position"], typer.Option(help="one draw of negatives per batch, or per position")
+    ] = "batch",
+    untied: Annotated[bool, typer.Option("--untied", help="score answers with their own item table")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
     cl_temperature: Annotated[float, typer.Option(min=0.01)] = 1.0,
@@ -199,6 +203,8 @@ def train_recommender(
         head=head,
         loss=loss,
         negatives=negatives,
+        negatives_per=negatives_per,
+        tied=not untied,
         seed=seed,
         from_events=from_events,
         cl_weight=cl_weight,

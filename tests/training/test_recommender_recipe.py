@@ -12,7 +12,8 @@ from training.recommender.model import build, load
 from training.recommender.train import next_item_loss, train
 
 
-def test_sampled_softmax_with_the_sasrec_head_learns_the_planted_pattern(tmp_path):
+@pytest.mark.parametrize("negatives_per, tied", [("batch", True), ("position", False)])
+def test_sampled_softmax_with_the_sasrec_head_learns_the_planted_pattern(tmp_path, negatives_per, tied):
     config = RecommenderConfig(
         data="planted",
         out=str(tmp_path / "run"),
@@ -22,6 +23,8 @@ def test_sampled_softmax_with_the_sasrec_head_learns_the_planted_pattern(tmp_pat
         head="none",
         loss="sampled",
         negatives=8,
+        negatives_per=negatives_per,
+        tied=tied,
         dropout=0.0,
         epochs=30,
         batch=64,
@@ -31,9 +34,12 @@ def test_sampled_softmax_with_the_sasrec_head_learns_the_planted_pattern(tmp_pat
         threads=2,
     )
     model, state = load(train(config, planted_sequences(), log=lambda m: None))
-    assert isinstance(model.head, torch.nn.Identity)
+    assert isinstance(model.head, torch.nn.Identity) and (model.answers is None) == tied
     assert evaluate(model, planted_sequences(), "test")["hr@5"] > 0.9
-    assert "--loss sampled --seed 0 --negatives 8" in reproduce_command(state["config"])
+    command = reproduce_command(state["config"])
+    assert (
+        f"--loss sampled --seed 0{'' if tied else ' --untied'} --negatives 8 --negatives-per {negatives_per}" in command
+    )
 
 
 def test_sampled_softmax_never_counts_the_target_as_its_own_negative():

@@ -22,6 +22,10 @@ class RecommenderConfig:
     # items drawn uniformly per batch (shared by its positions), as in the eSASRec benchmark's SASRec-SS.
     loss: str = "ce"
     negatives: int = 256
+    # "batch": one draw shared by every position of a batch (cheap); "position": each position its own draw,
+    # as RecTools' SASRec samples them (more items get a gradient per step, at the cost of a gather).
+    negatives_per: str = "batch"
+    tied: bool = True  # the input item table scores the answers too
     epochs: int = 200
     batch: int = 256
     lr: float = 1e-3
@@ -55,8 +59,12 @@ def reproduce_command(config: dict) -> str:
         "--lr {lr:g} --batch {batch} --dropout {dropout:g} --blocks {blocks} --heads {heads} --head {head} "
         "--loss {loss} --seed {seed}"
     ).format(**{**BEFORE_SETTING, **config})
+    if not config.get("tied", True):
+        command += " --untied"
     if config.get("loss") == "sampled":
-        command += " --negatives {negatives}".format(**config)
+        command += " --negatives {negatives} --negatives-per {negatives_per}".format(
+            **{"negatives_per": "batch", **config}
+        )
     if config.get("cl_weight"):
         command += " --cl-weight {cl_weight:g} --cl-temperature {cl_temperature:g}".format(**config)
     if config.get("fit_through", "train") != "train":

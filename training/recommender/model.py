@@ -52,6 +52,7 @@ class SequenceRecommender(nn.Module):
         heads: int = 2,
         dropout: float = 0.2,
         head: str = "mlp",
+        tied: bool = True,
     ):
         super().__init__()
         self.num_items, self.dim, self.max_len = num_items, dim, max_len
@@ -69,9 +70,13 @@ class SequenceRecommender(nn.Module):
             if head == "mlp"
             else nn.Identity()
         )
-        nn.init.normal_(self.items.weight, std=dim**-0.5)
-        with torch.no_grad():
-            self.items.weight[0].zero_()
+        # Untied: the items a shopper has seen and the items scored as the next one get separate tables.
+        self.answers = None if tied else nn.Embedding(num_items + 1, dim, padding_idx=0)
+        for table in (self.items, self.answers):
+            if table is not None:
+                nn.init.normal_(table.weight, std=dim**-0.5)
+                with torch.no_grad():
+                    table.weight[0].zero_()
 
     def states(self, items: torch.Tensor, channels: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         """(B, L) ids, left-padded -> (B, L, dim) user vectors after each event."""
@@ -85,18 +90,23 @@ class SequenceRecommender(nn.Module):
             x = block(x)
         return self.head(self.norm(x))
 
+    @property
+    def answer_table(self) -> torch.Tensor:
+        """(num_items + 1, dim): what a user vector is scored against (0 = padding)."""
+        return (self.items if self.answers is None else self.answers).weight
+
     def user_vector(self, items, channels, types) -> torch.Tensor:
         return self.states(items, channels, types)[:, -1]
 
     def forward(self, items: torch.Tensor, channels: torch.Tensor, types: torch.Tensor):
         """Exported graph: the user vector after the newest event and its scores for every item (0 = padding)."""
         user = self.user_vector(items, channels, types)
-        return user, user @ self.items.weight.t()
+        return user, user @ self.answer_table.t()
 
 
 def build(config: RecommenderConfig, num_items: int) -> SequenceRecommender:
     return SequenceRecommender(
-        num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout, config.head
+        num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout, config.head, config.tied
     )
 
 

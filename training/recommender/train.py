@@ -90,18 +90,23 @@ def contrastive_loss(
 
 def next_item_loss(model, users: torch.Tensor, targets: torch.Tensor, config: RecommenderConfig, generator):
     """Cross-entropy of each position's next item: against every item ("ce"), or against the target and
-    `config.negatives` uniformly drawn items shared by the batch ("sampled"; a negative that is the
-    position's own target is masked, so it never counts as its own competitor)."""
-    table = model.items.weight
+    `config.negatives` uniformly drawn items, one draw per batch or per position (`negatives_per`) ("sampled";
+    a negative that is the position's own target is masked, so it never counts as its own competitor)."""
+    table = model.answer_table
     if config.loss == "ce":
         logits = users @ table.t()
         logits[:, 0] = float("-inf")  # never predict padding
         return F.cross_entropy(logits, targets)
     if config.loss != "sampled":
         raise ValueError(f"loss must be 'ce' or 'sampled', not {config.loss!r}")
-    negatives = torch.randint(1, table.shape[0], (config.negatives,), generator=generator)
     positive = (users * table[targets]).sum(dim=1, keepdim=True)
-    negative = (users @ table[negatives].t()).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    if config.negatives_per == "position":
+        negatives = torch.randint(1, table.shape[0], (len(targets), config.negatives), generator=generator)
+        negative = torch.bmm(table[negatives], users.unsqueeze(-1)).squeeze(-1)
+    else:
+        negatives = torch.randint(1, table.shape[0], (1, config.negatives), generator=generator)
+        negative = users @ table[negatives[0]].t()
+    negative = negative.masked_fill(negatives == targets[:, None], float("-inf"))
     logits = torch.cat([positive, negative], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
