@@ -58,7 +58,7 @@ def test_sampled_softmax_never_counts_the_target_as_its_own_negative():
 
 
 def test_a_checkpoint_from_before_the_recipe_settings_loads_as_it_was_trained(tmp_path):
-    old = RecommenderConfig(data="d", out="o", dim=16, blocks=2, heads=2)
+    old = RecommenderConfig(data="d", out="o", dim=16, blocks=2, heads=2, head="mlp", loss="ce")  # then the defaults
     model = build(old, num_items=10)
     config = {k: v for k, v in vars(old).items() if k not in ("head", "loss", "negatives", "blocks", "heads")}
     torch.save({"model": model.state_dict(), "config": config, "num_items": 10}, tmp_path / "old.pt")
