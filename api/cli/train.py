@@ -132,6 +132,19 @@ def export_checkpoint(checkpoint: Path, out: Path, queries: Path | None, **optio
     typer.echo()
 
 
+# The recommender's recipe options (defaults: training/reports/recommender/ablation.md).
+HeadOption = Annotated[
+    Literal["mlp", "none"], typer.Option(help="user vector: an MLP over the last state, or the state itself")
+]
+LossOption = Annotated[
+    Literal["ce", "sampled"],
+    typer.Option(help="ce: softmax over every item; sampled: over the target and --negatives random items"),
+]
+NegativesPerOption = Annotated[
+    Literal["batch", "position"], typer.Option(help="one draw of negatives per batch, or per position")
+]
+
+
 @app.command("recommender")
 def train_recommender(
     out: Annotated[Path, typer.Option(help="run folder: checkpoints and history")],
@@ -152,17 +165,10 @@ def train_recommender(
     dropout: Annotated[float, typer.Option(min=0, max=0.9)] = 0.2,
     blocks: Annotated[int, typer.Option(min=1, help="self-attention blocks")] = 1,
     heads: Annotated[int, typer.Option(min=1, help="attention heads (must divide --dim)")] = 1,
-    head: Annotated[
-        Literal["mlp", "none"], typer.Option(help="user vector: an MLP over the last state, or the state itself")
-    ] = "none",
-    loss: Annotated[
-        Literal["ce", "sampled"],
-        typer.Option(help="ce: softmax over every item; sampled: over the target and --negatives random items"),
-    ] = "sampled",
+    head: HeadOption = "none",
+    loss: LossOption = "sampled",
     negatives: Annotated[int, typer.Option(min=1, help="negatives of the sampled softmax")] = 256,
-    negatives_per: Annotated[
-        Literal["batch", "position"], typer.Option(help="one draw of negatives per batch, or per position")
-    ] = "position",
+    negatives_per: NegativesPerOption = "position",
     untied: Annotated[bool, typer.Option("--untied", help="score answers with their own item table")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     cl_weight: Annotated[float, typer.Option(min=0, help="weight of the contrastive regulariser (0 = off)")] = 0.0,
