@@ -187,22 +187,15 @@ def planted_sequences(users=300, items=30, seed=0) -> Sequences:
     return Sequences(seqs, items)
 
 
+def planted_config(tmp_path, **changes) -> RecommenderConfig:
+    """A small, quick run on the planted pattern; `changes` are the settings a test is about."""
+    settings = dict(dim=32, blocks=1, heads=2, dropout=0.0, epochs=30, batch=64, lr=3e-3, eval_every=5, patience=3)
+    return RecommenderConfig(data="planted", out=str(tmp_path / "run"), threads=2, **{**settings, **changes})
+
+
 def test_model_learns_a_planted_sequence_pattern(tmp_path):
     seqs = planted_sequences()
-    config = RecommenderConfig(
-        data="planted",
-        out=str(tmp_path / "run"),
-        dim=32,
-        blocks=1,
-        heads=2,
-        dropout=0.0,
-        epochs=30,
-        batch=64,
-        lr=3e-3,
-        eval_every=5,
-        patience=3,
-        threads=2,
-    )
+    config = planted_config(tmp_path, head="mlp", loss="ce")
     best = train(config, seqs, log=lambda m: None)
     from training.recommender.model import load
 
@@ -214,21 +207,7 @@ def test_model_learns_a_planted_sequence_pattern(tmp_path):
 
 
 def test_contrastive_regulariser_trains_with_the_planted_pattern(tmp_path):
-    config = RecommenderConfig(
-        data="planted",
-        out=str(tmp_path / "run"),
-        dim=32,
-        blocks=1,
-        heads=2,
-        dropout=0.1,
-        epochs=30,
-        batch=64,
-        lr=3e-3,
-        eval_every=5,
-        patience=3,
-        threads=2,
-        cl_weight=0.1,
-    )
+    config = planted_config(tmp_path, head="mlp", loss="ce", dropout=0.1, cl_weight=0.1)
     from training.recommender.model import load
 
     model, _ = load(train(config, planted_sequences(), log=lambda m: None))

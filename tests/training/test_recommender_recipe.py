@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.training.test_recommender import planted_sequences
+from tests.training.test_recommender import planted_config, planted_sequences
 from training.recommender.config import RecommenderConfig, reproduce_command
 from training.recommender.evaluate import evaluate
 from training.recommender.model import build, load
@@ -14,24 +14,8 @@ from training.recommender.train import next_item_loss, train
 
 @pytest.mark.parametrize("negatives_per, tied", [("batch", True), ("position", False)])
 def test_sampled_softmax_with_the_sasrec_head_learns_the_planted_pattern(tmp_path, negatives_per, tied):
-    config = RecommenderConfig(
-        data="planted",
-        out=str(tmp_path / "run"),
-        dim=32,
-        blocks=1,
-        heads=1,
-        head="none",
-        loss="sampled",
-        negatives=8,
-        negatives_per=negatives_per,
-        tied=tied,
-        dropout=0.0,
-        epochs=30,
-        batch=64,
-        lr=3e-3,
-        eval_every=5,
-        patience=3,
-        threads=2,
+    config = planted_config(
+        tmp_path, heads=1, head="none", loss="sampled", negatives=8, negatives_per=negatives_per, tied=tied
     )
     model, state = load(train(config, planted_sequences(), log=lambda m: None))
     assert isinstance(model.head, torch.nn.Identity) and (model.answers is None) == tied
