@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from api.catalog.objects import FoundObject
+from api.catalog.ranking import Match
 from api.catalog.records import ImageRecord, Product
 from api.catalog.service import SearchResult
 from api.schemas import CategoryRef, HistoryEvent, ImageOut, ProductOut, Recommendation, Recommendations
@@ -49,15 +51,11 @@ def _rounded(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -> dict:
-    """The search's answer as plain JSON values, in the shape of SearchResponse (the documented contract;
-    tests validate answers against it). Built directly rather than as SearchResponse: every value comes
-    from the service, and validating them one by one again (35 pydantic validations) was the largest Python
-    cost left on the event loop."""
-    matches = []
-    for m in result.matches:
+def _matches_out(matches: list[Match]) -> list[dict]:
+    out = []
+    for m in matches:
         url, thumb = image_urls(m.product.product_id, m.image_id)
-        matches.append(
+        out.append(
             {
                 "product_id": m.product.product_id,
                 "name": m.product.name,
@@ -70,19 +68,47 @@ def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -
                 "thumbnail_url": thumb,
             }
         )
+    return out
+
+
+def _categories_out(fine: list[tuple[str, float]], coarse: list[tuple[str, float]]) -> dict:
     return {
+        level: [{"name": n, "probability": _rounded(p)} for n, p in scores]
+        for level, scores in (("fine", fine), ("coarse", coarse))
+    }
+
+
+def _object_out(found: FoundObject) -> dict:
+    box = found.box
+    return {
+        "box": {"x0": _rounded(box.x0), "y0": _rounded(box.y0), "x1": _rounded(box.x1), "y1": _rounded(box.y1)},
+        "score": _rounded(box.score),
+        "matched": found.matched,
+        "match_confidence": _rounded(found.match_confidence),
+        "matches": _matches_out(found.matches),
+        "categories": _categories_out(found.fine, found.coarse),
+    }
+
+
+def search_answer(result: SearchResult, manifest: ModelManifest, channel: str) -> dict:
+    """The search's answer as plain JSON values, in the shape of SearchResponse (the documented contract;
+    tests validate answers against it). Built directly rather than as SearchResponse: every value comes
+    from the service, and validating them one by one again (35 pydantic validations) was the largest Python
+    cost left on the event loop. `objects` and `detector` only when the search asked for objects."""
+    answer = {
         "matched": result.matched,
         "match_confidence": _rounded(result.match_confidence),
-        "matches": matches,
-        "categories": {
-            level: [{"name": n, "probability": _rounded(p)} for n, p in scores]
-            for level, scores in (("fine", result.fine), ("coarse", result.coarse))
-        },
+        "matches": _matches_out(result.matches),
+        "categories": _categories_out(result.fine, result.coarse),
         "timings_ms": {k: _rounded(v, 3) for k, v in result.timings_ms.items()},
         "model": {"id": manifest.model_id, "version": manifest.version},
         "personal_model": result.personal_model,
         "channel": channel,
     }
+    if result.objects is not None:
+        answer["objects"] = [_object_out(o) for o in result.objects]
+        answer["detector"] = result.detector
+    return answer
 
 
 def history_event(e: Event) -> HistoryEvent:

@@ -66,6 +66,7 @@ class Categories(BaseModel):
 class Timings(BaseModel):
     sync: float = Field(description="catching up with the catalogue's change log (other replicas' writes)")
     decode: float
+    detect: float | None = Field(None, description="objects=true: the crops' decode and the detector")
     embed: float
     search: float
     total: float
@@ -74,6 +75,22 @@ class Timings(BaseModel):
 class ModelInfo(BaseModel):
     id: str
     version: str
+
+
+class ObjectBox(BaseModel):
+    x0: float = Field(ge=0, le=1, description="left edge, as a fraction of the upright photo's width")
+    y0: float = Field(ge=0, le=1, description="top edge, as a fraction of the upright photo's height")
+    x1: float = Field(ge=0, le=1)
+    y1: float = Field(ge=0, le=1)
+
+
+class SearchObject(BaseModel):
+    box: ObjectBox = Field(description="where the product is, in the photo after its EXIF rotation")
+    score: float = Field(description="the detector's confidence that a product is there")
+    matched: bool = Field(description="whether the object's first match is judged to be it (as `matched`)")
+    match_confidence: float
+    matches: list[Match] = Field(description="the object's products, by the same rule as a whole-photo search")
+    categories: Categories
 
 
 class SearchResponse(BaseModel):
@@ -91,6 +108,10 @@ class SearchResponse(BaseModel):
         None, description="the shopper model version (id:version) that re-ranked the matches; null when none did"
     )
     channel: Channel
+    objects: list[SearchObject] | None = Field(
+        None, description="objects=true: each product found in the photo, best first ([] when none)"
+    )
+    detector: str | None = Field(None, description="objects=true: the detector version (id:version) that found them")
 
 
 class ProductBase(BaseModel):

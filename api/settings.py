@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from api.catalog.index import VectorIndex
     from api.catalog.photos import PhotoStore
     from api.catalog.store import CatalogStore
-    from vision.runtimes import Embedder, ShopperScorer
+    from vision.runtimes import Detector, Embedder, ShopperScorer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     recommender_dir: Path | None = Field(
         REPO_ROOT / "triton_models" / "user_recommender", description="shopper model (ONNX + manifest)"
     )
+    detector_dir: Path | None = Field(
+        REPO_ROOT / "triton_models" / "product_detector",
+        description="product detector (ONNX + manifest) for searches with objects=true; unset or absent: they get a 503",
+    )
     hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
     tagging_root: Path | None = Field(
@@ -169,6 +173,17 @@ class Settings(BaseSettings):
         if folder is None or not (folder / MANIFEST_NAME).exists():
             return None
         return create_shopper_scorer(self.inference, folder, self.triton_timeout_s, self.triton_retries)
+
+    def create_detector(self) -> Detector | None:
+        """The product detector on the configured runtime; None without an exported one."""
+        from vision.detection import MANIFEST_NAME
+        from vision.runtimes import create_detector
+
+        if self.detector_dir is None or not (self.detector_dir / MANIFEST_NAME).exists():
+            return None
+        return create_detector(
+            self.inference, self.detector_dir, self.onnx_threads, self.triton_timeout_s, self.triton_retries
+        )
 
     def database_target(self) -> str:
         """The database's URL: `database_url`, or the embedded SQLite file of the data dir."""

@@ -38,3 +38,10 @@ def png_claiming(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)  # IHDR payload starts after signature+length+type
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+def sample_scene(count: int = 3, seed: int = 0, long_side: int = 1024):
+    """A photo of `count` different sample-catalogue products and their true boxes and product ids."""
+    from training.detection.composites import catalogue_scene
+
+    return catalogue_scene(REPO_ROOT / "samples" / "catalog.csv", count, seed, long_side)

@@ -36,7 +36,7 @@ SEEDS = {"val": 1, "test": 2, "train": 3}
 KINDS = ("stripes", "checker", "gradient", "noise", "shapes", "solid", "blurred_noise", "lines")
 
 
-def _pattern(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
+def pattern(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
     c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     y, x = np.mgrid[:size, :size]
     if kind == "stripes":
@@ -77,7 +77,7 @@ def non_product_photos(count: int, seed: int, size: int = 348) -> list[tuple[str
     photos = []
     for i in range(count):
         buf = io.BytesIO()
-        _pattern(KINDS[i % len(KINDS)], rng, size).save(buf, "JPEG", quality=90)
+        pattern(KINDS[i % len(KINDS)], rng, size).save(buf, "JPEG", quality=90)
         photos.append((KINDS[i % len(KINDS)], buf.getvalue()))
     return photos
 

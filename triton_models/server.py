@@ -2,8 +2,8 @@
 
 That build has only the python backend, so `prepare_repository` lays out a repository where the python
 backend embedder (product_embedder_py: ONNX Runtime inside, or OpenVINO for an int8 graph) is served under
-the name `product_embedder`, and the python backend shopper model (user_recommender_py) under
-`user_recommender`, beside `preprocess` and the `recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
+the name `product_embedder`, the python backend shopper model (user_recommender_py) under
+`user_recommender` and the python backend detector (product_detector_py) under `product_detector`, beside `preprocess` and the `recognizer` ensemble. Clients cannot tell it from the GPU deployment, which
 serves this folder as it is with the official Triton image (see deploy/).
 
 Used by `seesku triton serve`, the tests' session fixture and bench/triton_vs_onnx.py.
@@ -36,6 +36,9 @@ CPU_MODELS = {
     "preprocess": "preprocess",
     "recognizer": "recognizer",
     "user_recommender": "user_recommender_py",
+    "product_detector": "product_detector_py",
+    "object_crops": "object_crops",
+    "objects": "objects",
 }
 
 
@@ -114,19 +117,22 @@ def prepare_repository(dest: Path, embedder_dir: Path | None = None, limits: Lim
         source, target = REPOSITORY / source_name, dest / served
         (target / "1").mkdir(parents=True)
         parameters = None
-        if served == "preprocess" and limits is not None:
+        if served in ("preprocess", "object_crops") and limits is not None:
             parameters = {"max_upload_bytes": str(limits.max_bytes), "max_image_pixels": str(limits.max_pixels)}
         _write_config(source / "config.pbtxt", target / "config.pbtxt", served, parameters)
         model_py = source / "1" / "model.py"
         if model_py.exists():
             shutil.copy2(model_py, target / "1" / "model.py")
     # Each python model reads its manifest and graph from its own folder; the graph is linked, not copied.
+    from vision.detection import DetectorManifest
     from vision.manifest import ModelManifest
     from vision.recommender import RecommenderManifest
 
     _link_model(embedder_dir, dest / "product_embedder", ModelManifest.load(embedder_dir).onnx_file)
     recommender_dir = REPOSITORY / "user_recommender"
     _link_model(recommender_dir, dest / "user_recommender", RecommenderManifest.load(recommender_dir).onnx_file)
+    detector_dir = REPOSITORY / "product_detector"
+    _link_model(detector_dir, dest / "product_detector", DetectorManifest.load(detector_dir).onnx_file)
     return dest
 
 

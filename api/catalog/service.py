@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from api.catalog.objects import DetectorUnavailable, FoundObject, answer_objects, object_inputs
 from api.catalog.photos import Thumbnails
 from api.catalog.ranking import CatalogueMatches, Match, top_labels
 from api.catalog.records import ImageRecord, IndexUnavailable, NewImage, PhotoError, Product, UnknownCategory
@@ -31,7 +32,7 @@ from api.catalog.serving import EMBED_BATCH, Serving, retire, start_serving
 from api.settings import Settings
 from vision.manifest import ModelManifest
 from vision.preprocess import ImageError, load_image, prepare_photo
-from vision.runtimes import Embedder
+from vision.runtimes import Embedder, EmbedderUnavailable
 
 log = logging.getLogger("seesku.catalog")
 
@@ -52,6 +53,8 @@ class SearchResult:
     match_confidence: float = 0.0
     manifest: ModelManifest | None = None  # the model version that answered
     personal_model: str | None = None  # the shopper model version that re-ranked it, if one did
+    objects: list[FoundObject] | None = None  # each product found in the photo (objects=True), best first
+    detector: str | None = None  # the detector version that found them
 
 
 class CatalogService:
@@ -64,6 +67,7 @@ class CatalogService:
         self.files = settings.create_photo_store()
         self.thumbnails = Thumbnails(settings.data_dir / "thumbs", self.files, self.limits)
         self.serving: Serving | None = None  # the model version answering now; replaced whole by a switch
+        self.detector = settings.create_detector()  # None: searches with objects=True get DetectorUnavailable
         # One writer at a time, and the index follows the log under the same lock, so store and index
         # change in the same order; a model switch takes it too.
         self.write_lock = threading.RLock()
@@ -84,6 +88,11 @@ class CatalogService:
         """Load the model, embed the photos it has no vectors of, load or rebuild the index, follow the log."""
         self.serving = start_serving(self, self._embedder, self._model_dir, progress)
         self.serving.follower.start()
+        if self.detector is not None:
+            try:
+                self.detector.load()  # not on the first objects search
+            except EmbedderUnavailable as exc:  # a remote detector: objects searches say 503 until it is back
+                log.warning("the product detector is not available yet: %s", exc)
         self._last_save = time.monotonic()
 
     def switch_model(self, model_dir: Path, progress: Callable[[int, int], None] | None = None) -> str:
@@ -111,6 +120,8 @@ class CatalogService:
             self.serving.index.persist()
         self.store.close()
         self.embedder.close()
+        if self.detector is not None:
+            self.detector.close()
 
     @property
     def ready(self) -> bool:
@@ -270,32 +281,59 @@ class CatalogService:
         top_categories: int = 5,
         personal: dict[str, float] | None = None,
         personal_weight: float = 0.0,
+        objects: bool = False,
     ) -> SearchResult:
         """Photo bytes -> the ranked products and the categories; `personal`: the shopper model's scores
-        (ShopperService.personal_scores) for personal re-ranking."""
+        (ShopperService.personal_scores) for personal re-ranking; `objects`: also each product the detector
+        finds in the photo, searched on its own (api/catalog/objects.py)."""
         serving = self.serving  # one version for the whole answer, whatever a switch does meanwhile
+        if objects and self.detector is None:
+            raise DetectorUnavailable("this service has no product detector (SEESKU_DETECTOR_DIR)")
         t_sync = time.perf_counter()
         if self.store.shared:  # every write acknowledged by any replica before this search is in it
             serving.follower.catch_up()
         t0 = time.perf_counter()
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)
-        pixels = load_image(data, serving.spec, self.limits)
+        pixels = load_image(data, serving.spec, self.limits)[None]
+        timings = {"sync": t0 - t_sync, "decode": time.perf_counter() - t0}
+        if objects:
+            t_detect = time.perf_counter()
+            boxes, crops = object_inputs(data, self.detector, serving.spec, self.limits)
+            pixels = np.concatenate([pixels, np.stack(crops)]) if crops else pixels
+            timings["detect"] = time.perf_counter() - t_detect
         t1 = time.perf_counter()
-        out = serving.embedder.embed(pixels[None])
+        out = serving.embedder.embed(pixels)
         t2 = time.perf_counter()
-        matches = serving.ranking.rank(out.embedding[0], out.fine_probs[0], k, category, personal, personal_weight)
-        t3 = time.perf_counter()
-        timings = {"sync": t0 - t_sync, "decode": t1 - t0, "embed": t2 - t1, "search": t3 - t2, "total": t3 - t_sync}
+
+        def rank(embedding: np.ndarray, fine_probs: np.ndarray) -> list[Match]:
+            return serving.ranking.rank(embedding, fine_probs, k, category, personal, personal_weight)
+
+        def categories(fine_probs: np.ndarray, coarse_probs: np.ndarray) -> tuple[list, list]:
+            return (
+                top_labels(serving.manifest.fine_labels, fine_probs, top_categories),
+                top_labels(serving.manifest.coarse_labels, coarse_probs, top_categories),
+            )
+
+        matches = rank(out.embedding[0], out.fine_probs[0])
         matched, confidence = self.judge(matches, out.fine_probs[0], serving)
+        fine, coarse = categories(out.fine_probs[0], out.coarse_probs[0])
+        found = None
+        if objects:
+            rows = type(out)(out.embedding[1:], out.fine_probs[1:], out.coarse_probs[1:])
+            found = answer_objects(boxes, rows, rank, lambda m, p: self.judge(m, p, serving), categories)
+        t3 = time.perf_counter()
+        timings.update(embed=t2 - t1, search=t3 - t2, total=t3 - t_sync)
         return SearchResult(
             matches=matches,
-            fine=top_labels(serving.manifest.fine_labels, out.fine_probs[0], top_categories),
-            coarse=top_labels(serving.manifest.coarse_labels, out.coarse_probs[0], top_categories),
+            fine=fine,
+            coarse=coarse,
             manifest=serving.manifest,
             timings_ms={name: seconds * 1e3 for name, seconds in timings.items()},
             matched=matched,
             match_confidence=confidence,
+            objects=found,
+            detector=self.detector.manifest.served_id if objects else None,
         )
 
     def judge(

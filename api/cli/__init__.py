@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from api.cli import catalog, db, evaluate, keys, quantize, serve, tag, train, triton
+from api.cli import catalog, db, detector, evaluate, keys, quantize, serve, tag, train, triton
 
 app = typer.Typer(help="seesku: visual product recognition.", no_args_is_help=True, add_completion=False)
 app.command()(serve.serve)
@@ -14,6 +14,7 @@ app.command()(tag.tag)
 app.command("export-onnx")(train.export_onnx)
 app.command()(quantize.quantize)
 app.add_typer(catalog.app, name="catalog")
+train.app.command("detector")(detector.train_detector)
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(keys.app, name="keys")

@@ -161,14 +161,49 @@ def eval_open_set(
     typer.echo(json.dumps(result))
 
 
+@app.command("objects")
+def eval_objects(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a product folder or a CSV")],
+    split: Annotated[str, typer.Option(help="val to choose on; test once, for the final row")] = "val",
+    model: ServiceModel = None,
+    runtime: ServiceRuntime = None,
+    detector: Annotated[
+        Optional[Path], typer.Option(exists=True, file_okay=False, help="detector folder; default the service's")
+    ] = None,
+    scenes: Annotated[int, typer.Option(min=1, help="composed scenes of 2-5 products")] = 200,
+    singles: Annotated[Optional[int], typer.Option(min=1, help="only the first N single-product photos")] = None,
+    name: Annotated[Optional[str], typer.Option(help="label of this run; default the detector id")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the JSON and the table")] = REPO_ROOT
+    / "training"
+    / "reports"
+    / "objects",
+) -> None:
+    """Several products in one photo: AP@0.5, products found as an overlapping box's top match, false objects
+    per photo, and single-product photos' top-1 with and without objects, through the service's search."""
+    from training.detection.evaluate import evaluate_objects, write
+
+    with sample_catalogue_service(model, runtime, detector) as service:
+        if service.detector is None:
+            typer.echo("error: no detector model (seesku train detector exports one)", err=True)
+            raise typer.Exit(2)
+        try:
+            result = evaluate_objects(data, split, service, scenes, singles, log=lambda m: typer.echo(m, err=True))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    path = write(result, out, name or result["detector"].replace(":", "-"), split)
+    typer.echo(path.read_text(), err=True)
+    typer.echo(json.dumps(result))
+
+
 @contextmanager
-def sample_catalogue_service(model: Path | None, runtime: str | None):
+def sample_catalogue_service(model: Path | None, runtime: str | None, detector: Path | None = None):
     """A catalogue service on a scratch data dir holding the sample catalogue (what `make run` serves)."""
     from api.catalog.csv_io import import_catalog_csv
     from api.catalog.service import CatalogService
     from api.settings import Settings
 
-    chosen = {"model_dir": model, "inference": runtime}
+    chosen = {"model_dir": model, "inference": runtime, "detector_dir": detector}
     with tempfile.TemporaryDirectory(prefix="seesku-eval-") as scratch:
         settings = Settings(data_dir=Path(scratch), load_samples=False, **{k: v for k, v in chosen.items() if v})
         service = CatalogService(settings)

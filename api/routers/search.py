@@ -30,6 +30,9 @@ class SearchParams(BaseModel):
     personal_weight: float | None = Field(
         None, ge=0, le=10, description="weight of the personal score (default SEESKU_PERSONAL_WEIGHT; 0 = visual order)"
     )
+    objects: bool = Field(
+        False, description="also find each product in the photo and answer for each (`objects`: box, score, matches)"
+    )
 
 
 PARAM_SCHEMAS = SearchParams.model_json_schema()["properties"]
@@ -98,7 +101,7 @@ def search_params(request: Request, fields: dict[str, str]) -> tuple[SearchParam
 def run_search(catalog: CatalogService, shoppers: ShopperService, data: bytes, params: SearchParams) -> SearchResult:
     """The search itself, personalised for the shopper when one is named (one worker thread for both)."""
     personal, weight, shopper_model = shoppers.personalisation(params.user_id, params.personal_weight)
-    result = catalog.search(data, params.k, params.category, 5, personal, weight)
+    result = catalog.search(data, params.k, params.category, 5, personal, weight, params.objects)
     result.personal_model = shopper_model
     return result
 

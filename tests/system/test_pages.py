@@ -151,3 +151,40 @@ def test_pages_ask_for_an_api_key_where_the_server_requires_one(browser, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_camera_search_page_boxes_each_product_and_shows_a_tapped_ones_matches(live_server, browser, tmp_path):
+    from tests.images import encode, sample_scene
+
+    base, _ = live_server
+    scene, products = sample_scene(count=3, seed=6)
+    basket = tmp_path / "basket.jpg"
+    basket.write_bytes(encode(scene.image, "JPEG", quality=90))
+    page = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True)
+    page.goto(base + "/")
+    page.locator("input#photo").set_input_files(str(basket))
+    page.locator("ol#matches li").first.wait_for(timeout=30_000)
+    boxes = page.locator("#photo-boxes .box")
+    assert boxes.count() == 3
+    assert page.locator("#objects-hint").inner_text().startswith("3 products found in the photo")
+    # Each box sits where its product is on the photo: its centre over the true box, in screen pixels.
+    photo = page.locator("#preview").bounding_box()
+    tapped = set()
+    for i in range(3):
+        box = boxes.nth(i).bounding_box()
+        cx = (box["x"] + box["width"] / 2 - photo["x"]) / photo["width"]
+        cy = (box["y"] + box["height"] / 2 - photo["y"]) / photo["height"]
+        inside = [j for j, (x0, y0, x1, y1) in enumerate(scene.boxes) if x0 < cx < x1 and y0 < cy < y1]
+        assert len(inside) == 1
+        boxes.nth(i).click()
+        assert boxes.nth(i).get_attribute("aria-pressed") == "true"
+        assert page.locator("#results-title").inner_text().endswith(f"for product {i + 1}")
+        first = page.locator("ol#matches li").first.get_attribute("data-product-id")
+        assert first == products[inside[0]]
+        tapped.add(first)
+    assert tapped == set(products)
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    screenshot(page, "objects.png")
+    page.get_by_role("button", name="Show the whole photo's matches").click()
+    assert page.locator("#results-title").inner_text() in ("Matching products", "No exact match — similar products")
+    page.close()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from fastapi.testclient import TestClient
+from PIL import Image
 from pydantic import ValidationError
 
 from api.app import create_app
@@ -12,7 +13,7 @@ from tests.conftest import SAMPLES, TRITON_MAX_UPLOAD_BYTES, free_port, make_set
 from tests.images import encode, noise
 from triton_models.server import REPOSITORY, TritonServer
 from vision.manifest import ModelManifest
-from vision.preprocess import load_image
+from vision.preprocess import Limits, load_image
 from vision.recommender import Event
 from vision.runtimes import EmbedderUnavailable, create_embedder
 from vision.runtimes.onnx import OnnxRuntimeEmbedder, OnnxShopperScorer
@@ -118,6 +119,70 @@ def test_search_end_to_end_through_triton(triton_server, tmp_path):
     assert [m["product_id"] for m in via_triton["matches"]] == [m["product_id"] for m in in_process["matches"]]
     for a, b in zip(via_triton["matches"], in_process["matches"]):
         assert a["score"] == pytest.approx(b["score"], abs=1e-3)
+
+
+def test_objects_through_triton_are_the_in_process_objects(triton_server, tmp_path):
+    """SEESKU_INFERENCE=triton://... finds the products with Triton's product_detector too."""
+    from tests.images import sample_scene
+    from vision.runtimes.triton import TritonDetector
+
+    scene, products = sample_scene(count=3, seed=7)
+    data = encode(scene.image, "JPEG", quality=90)
+    answers = {}
+    for name, inference in (("triton", triton_server.inference_setting), ("onnx", "onnx")):
+        settings = make_settings(tmp_path / name, load_samples=True, inference=inference)
+        with TestClient(create_app(settings)) as client:
+            if name == "triton":
+                assert isinstance(client.app.state.service.detector, TritonDetector)
+            resp = client.post(
+                "/v1/search", params={"objects": "true"}, content=data, headers={"Content-Type": "image/jpeg"}
+            )
+            assert resp.status_code == 200, resp.text
+            answers[name] = resp.json()["objects"]
+    assert len(answers["triton"]) == len(answers["onnx"]) == 3
+    for a, b in zip(answers["triton"], answers["onnx"]):
+        assert a["box"] == pytest.approx(b["box"], abs=1e-3)
+        assert a["matches"][0]["product_id"] == b["matches"][0]["product_id"]
+    assert {o["matches"][0]["product_id"] for o in answers["triton"]} == set(products)
+
+
+def test_objects_ensemble_takes_raw_photo_bytes(triton_server, local):
+    """`objects`: detect and crop, then embed the whole photo (row 0) and the crops, inside Triton, as the API's
+    objects=true does."""
+    from api.catalog.objects import object_inputs
+    from tests.images import sample_scene
+    from vision.runtimes import create_detector
+
+    scene, _ = sample_scene(count=3, seed=8)
+    data = encode(scene.image, "JPEG", quality=90)
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    photo = grpcclient.InferInput("photo", [1], "BYTES")
+    photo.set_data_from_numpy(np.array([data], dtype=object))
+    result = client.infer("objects", [photo])
+    boxes, crops = object_inputs(
+        data, create_detector("onnx", REPOSITORY / "product_detector"), local.manifest.input.spec(), Limits()
+    )
+    want = local.embed(np.stack([load_image(data, local.manifest.input.spec()), *crops]))
+    np.testing.assert_allclose(result.as_numpy("boxes"), np.stack([b.as_array() for b in boxes]), atol=1e-4)
+    np.testing.assert_allclose(result.as_numpy("box_scores"), [b.score for b in boxes], atol=1e-4)
+    assert ((result.as_numpy("embedding") * want.embedding).sum(1)).min() >= 0.9999
+    np.testing.assert_array_equal(result.as_numpy("fine_probs").argmax(1), want.fine_probs.argmax(1))
+
+    # A photo of no product: no boxes, the whole photo's row alone.
+    stripes = np.zeros((480, 640, 3), np.uint8)
+    stripes[(np.arange(480) // 40) % 2 == 0] = (30, 60, 200)
+    stripes[(np.arange(480) // 40) % 2 == 1] = (240, 220, 40)
+    empty = grpcclient.InferInput("photo", [1], "BYTES")
+    empty.set_data_from_numpy(np.array([encode(Image.fromarray(stripes), "JPEG", quality=90)], dtype=object))
+    nothing = client.infer("objects", [empty])
+    assert nothing.as_numpy("boxes").shape == (0, 4) and nothing.as_numpy("embedding").shape == (1, 512)
+
+    bad = grpcclient.InferInput("photo", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not a photo"], dtype=object))
+    with pytest.raises(Exception, match="unreadable_image|invalid_image"):
+        client.infer("objects", [bad])
+    assert client.is_model_ready("objects") and client.is_model_ready("product_detector")
+    client.close()
 
 
 def test_triton_stopped_gives_503_then_recovers(tmp_path):

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from vision.detection import Box, DetectorManifest
 from vision.manifest import ModelManifest
 from vision.recommender import Event, RecommenderManifest
 
@@ -82,6 +83,19 @@ class ShopperScorer(Protocol):
     def close(self) -> None: ...
 
 
+class Detector(Protocol):
+    manifest: DetectorManifest
+
+    def load(self) -> None: ...
+
+    def detect(self, pixels: np.ndarray, threshold: float | None = None) -> list[list[Box]]:
+        """pixels: uint8 (N, S, S, 3) as vision.detection.detector_input makes them -> each image's products,
+        best first (the manifest's score threshold unless `threshold` says another, suppression and cap
+        applied)."""
+
+    def close(self) -> None: ...
+
+
 def fastest_runtime(model_dir: str | Path) -> str:
     """The in-process runtime for this model folder where nothing else is said (`seesku eval vision`, Triton's
     python backend): OpenVINO for an int8 graph, which ONNX Runtime runs at a third of fp32's speed; ONNX
@@ -112,6 +126,22 @@ def create_embedder(
         from vision.runtimes.triton import TritonEmbedder
 
         return TritonEmbedder(inference, model_dir, triton_model, timeout_s=timeout_s, retries=retries)
+    raise ValueError(f"unknown inference runtime {inference!r}; supported: {SUPPORTED}")
+
+
+def create_detector(
+    inference: str, model_dir: str | Path, threads: int = 0, timeout_s: float = 5.0, retries: int = 2
+) -> Detector:
+    """The product detector of `model_dir` on the runtime `inference` names (as `create_embedder`). Under
+    'openvino' it runs on ONNX Runtime: an fp32 graph, which OpenVINO runs no faster on AVX2 CPUs."""
+    if inference in ("onnx", "openvino"):
+        from vision.runtimes.onnx import OnnxDetector
+
+        return OnnxDetector(model_dir, threads=threads)
+    if inference.startswith("triton://"):
+        from vision.runtimes.triton import TritonDetector
+
+        return TritonDetector(inference, model_dir, timeout_s=timeout_s, retries=retries)
     raise ValueError(f"unknown inference runtime {inference!r}; supported: {SUPPORTED}")
 
 

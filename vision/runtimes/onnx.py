@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vision import detection
+from vision.detection import Box, DetectorManifest
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
 from vision.recommender import OUTPUT_NAMES as SHOPPER_OUTPUTS
 from vision.recommender import Event, RecommenderManifest, encode
@@ -87,6 +89,30 @@ class OnnxRuntimeEmbedder:
             raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
         embedding, fine, coarse = self._session.get().run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
         return EmbedderOutput(embedding, fine, coarse)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class OnnxDetector:
+    """The exported product detector (`triton_models/product_detector/`) in-process."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 0):
+        self.model_dir = Path(model_dir)
+        self.manifest = DetectorManifest.load(self.model_dir)
+        self._session = _LazySession(self.model_dir / self.manifest.onnx_file, threads)
+
+    def load(self) -> None:
+        self._session.get()
+
+    def detect(self, pixels: np.ndarray, threshold: float | None = None) -> list[list[Box]]:
+        size = self.manifest.input.size
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
+        scores, boxes = self._session.get().run(list(detection.OUTPUT_NAMES), {detection.INPUT_NAME: pixels})
+        m = self.manifest
+        threshold = m.score_threshold if threshold is None else threshold
+        return [detection.decode_detections(s, b, threshold, m.nms_iou, m.max_objects) for s, b in zip(scores, boxes)]
 
     def close(self) -> None:
         self._session.close()

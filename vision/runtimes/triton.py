@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vision import detection
+from vision.detection import Box, DetectorManifest
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
 from vision.recommender import Event, RecommenderManifest, encode
 from vision.runtimes import BulkPlan, EmbedderOutput, EmbedderUnavailable
@@ -254,6 +256,34 @@ class TritonShopperScorer(_TritonClient):
         wait_s = (self.retries + 1) * (self.timeout_s + 0.5) + 1
         (scores,) = self._run(self._infer(self.model_name, inputs, ["scores"]), wait_s)
         return dict(zip(self.manifest.vocabulary, scores[0, 1:].tolist()))
+
+
+class TritonDetector(_TritonClient):
+    """The product detector served by Triton (`product_detector`: TensorRT or ONNX Runtime on the GPU); the
+    boxes are decoded here, as in-process (vision.detection.decode_detections)."""
+
+    def __init__(
+        self,
+        url: str,
+        model_dir: str | Path,
+        model_name: str = "product_detector",
+        timeout_s: float = 5.0,
+        retries: int = 2,
+    ):
+        super().__init__(url, timeout_s, retries)
+        self.manifest = DetectorManifest.load(model_dir)
+        self.model_name = model_name
+
+    def load(self) -> None:
+        self._run(self._ready(self.model_name), self.timeout_s + 1)
+
+    def detect(self, pixels: np.ndarray, threshold: float | None = None) -> list[list[Box]]:
+        wait_s = (self.retries + 1) * (self.timeout_s + 0.5) + 1
+        inputs = {detection.INPUT_NAME: pixels}
+        scores, boxes = self._run(self._infer(self.model_name, inputs, detection.OUTPUT_NAMES), wait_s)
+        m = self.manifest
+        threshold = m.score_threshold if threshold is None else threshold
+        return [detection.decode_detections(s, b, threshold, m.nms_iou, m.max_objects) for s, b in zip(scores, boxes)]
 
 
 def _message(exc: BaseException) -> str:

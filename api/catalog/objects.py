@@ -1,0 +1,62 @@
+"""Several products in one photo: find each with the detector, then search each crop by the search's own rule.
+
+The photo is decoded once more for the crops, at CROP_DECODE_SIDE (DCT-scaled for large JPEGs), upright
+after EXIF rotation like every decode, so the boxes, in fractions of that upright photo, are also fractions
+of the photo as the shopper sees it. Each crop becomes an embedder input through the one transform
+(`vision.preprocess.to_model_input`), and the crops are embedded in one batch with the whole photo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from api.catalog.ranking import Match
+from vision.detection import CROP_DECODE_SIDE, Box, crop, detector_input
+from vision.preprocess import InputSpec, Limits, decode, to_model_input
+from vision.runtimes import Detector
+
+
+class DetectorUnavailable(RuntimeError):
+    """objects=true asked of a service that has no detector model."""
+
+
+@dataclass
+class FoundObject:
+    """One product found in the photo: where, how sure the detector is, and its own search answer."""
+
+    box: Box
+    matches: list[Match]
+    fine: list[tuple[str, float]]
+    coarse: list[tuple[str, float]]
+    matched: bool
+    match_confidence: float
+
+
+def object_inputs(
+    data: bytes, detector: Detector, spec: InputSpec, limits: Limits
+) -> tuple[list[Box], list[np.ndarray]]:
+    """The products the detector finds in the photo and each one's embedder input."""
+    im = decode(data, CROP_DECODE_SIDE, limits)
+    boxes = detector.detect(detector_input(im, detector.manifest.input.size)[None])[0]
+    return boxes, [to_model_input(crop(im, box), spec) for box in boxes]
+
+
+def answer_objects(
+    boxes: list[Box],
+    outputs,
+    rank: Callable[[np.ndarray, np.ndarray], list[Match]],
+    judge: Callable[[list[Match], np.ndarray], tuple[bool, float]],
+    categories: Callable[[np.ndarray, np.ndarray], tuple[list, list]],
+) -> list[FoundObject]:
+    """Each box's answer from its row of the embedder's outputs, by the whole photo's rank, judge and
+    categories, so an object is ranked and personalised as a photo of it alone would be."""
+    found = []
+    for row, box in enumerate(boxes):
+        matches = rank(outputs.embedding[row], outputs.fine_probs[row])
+        matched, confidence = judge(matches, outputs.fine_probs[row])
+        fine, coarse = categories(outputs.fine_probs[row], outputs.coarse_probs[row])
+        found.append(FoundObject(box, matches, fine, coarse, matched, confidence))
+    return found

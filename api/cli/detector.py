@@ -1,0 +1,57 @@
+"""`seesku train detector`: the product detector that finds each product of a multi-product photo (train extras)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.cli.common import THREADS_HELP, command_line
+from api.settings import REPO_ROOT
+
+
+def train_detector(
+    data: Annotated[Path, typer.Option(exists=True, help="Grocery Store root, a folder per product, or a CSV")],
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints and history")],
+    epochs: Annotated[int, typer.Option(min=1)] = 6,
+    steps_per_epoch: Annotated[int, typer.Option(min=1, help="batches of composed scenes per epoch")] = 250,
+    batch: Annotated[int, typer.Option(min=2)] = 16,
+    input_size: Annotated[int, typer.Option(min=64, help="the detector's input side (a multiple of 32)")] = 256,
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(min=0, help=THREADS_HELP)] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
+    export_to: Annotated[Path, typer.Option(help="model folder the best checkpoint is exported to")] = REPO_ROOT
+    / "triton_models"
+    / "product_detector",
+    export: Annotated[bool, typer.Option(help="export the best checkpoint when done")] = True,
+) -> None:
+    """Train the detector on scenes composed from the train split's photos (val scenes pick the best epoch)."""
+    from training.detection.export import export_detector
+    from training.detection.train import DetectorConfig, train_detector
+    from training.progress import TrainProgress
+
+    if input_size % 32:
+        raise typer.BadParameter("--input-size must be a multiple of 32")
+    config = DetectorConfig(
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch=batch,
+        input_size=input_size,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+    )
+    try:
+        with TrainProgress() as ui:
+            best = train_detector(config, resume=resume, ui=ui)
+    except (FileNotFoundError, ValueError) as exc:  # no checkpoint to resume, another run's, an empty split
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"best checkpoint: {best}", err=True)
+    if export:
+        manifest = export_detector(best, export_to, command_line(), log=lambda m: typer.echo(m, err=True))
+        typer.echo(f"exported {manifest.served_id} to {export_to}", err=True)
