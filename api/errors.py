@@ -8,7 +8,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.catalog.objects import DetectorUnavailable
 from api.catalog.records import AlreadyExists, IndexUnavailable, NotFound, PhotoError, UnknownCategory, UnknownProducts
 from vision.preprocess import ImageError, ImageTooLargeError
 from vision.runtimes import EmbedderUnavailable
@@ -71,10 +70,6 @@ def install(app: FastAPI) -> None:
             "the catalogue database cannot be reached now; retry",
             headers={"Retry-After": "1"},
         )
-
-    @app.exception_handler(DetectorUnavailable)
-    async def _detector(_: Request, exc: DetectorUnavailable):
-        return error_response(503, "detector_unavailable", f"objects=true cannot be answered: {exc}")
 
     @app.exception_handler(IndexUnavailable)
     async def _index(_: Request, exc: IndexUnavailable):

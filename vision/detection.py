@@ -8,12 +8,13 @@ edge counts too), and it answers per cell of its output grid a score and a box i
 every change of scale on the way: the DCT-scaled decode of a large JPEG, the squash, the client's display.
 
 `decode_detections` turns the outputs into boxes (score threshold, then greedy non-maximum suppression);
-`crop` cuts one box out of the decoded photo for the embedder.
+`find_products` runs the detector on a photo and cuts each box out for the embedder.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from vision.files import atomic_write
+from vision.preprocess import InputSpec, Limits, decode, to_model_input
 
 MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "pixels"
@@ -138,3 +140,24 @@ def pixel_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
 def crop(im: Image.Image, box: Box) -> Image.Image:
     """The part of the upright photo inside `box`."""
     return im.crop(pixel_box(box, *im.size))
+
+
+def find_products(
+    data: bytes,
+    photo: Image.Image,
+    detect: Callable[[np.ndarray], list[Box]],
+    size: int,
+    spec: InputSpec,
+    limits: Limits,
+) -> tuple[list[Box], list[np.ndarray]]:
+    """The products in a photo and each one's embedder input, the same for the API and Triton's object_crops.
+
+    `photo`: the upright photo as the whole-photo search decoded it (DCT-scaled to about the embedder's
+    size), which the detector sees squashed to `size`; `detect`: one such input (1, size, size, 3) -> its
+    boxes. The crops come from a larger decode, CROP_DECODE_SIDE, so that a product filling a third of the
+    photo keeps the embedder's resolution; each goes through the one transform."""
+    boxes = detect(detector_input(photo, size)[None])
+    if not boxes:
+        return [], []
+    large = decode(data, CROP_DECODE_SIDE, limits)
+    return boxes, [to_model_input(crop(large, box), spec) for box in boxes]

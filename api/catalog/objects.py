@@ -1,9 +1,9 @@
 """Several products in one photo: find each with the detector, then search each crop by the search's own rule.
 
-The photo is decoded once more for the crops, at CROP_DECODE_SIDE (DCT-scaled for large JPEGs), upright
-after EXIF rotation like every decode, so the boxes, in fractions of that upright photo, are also fractions
-of the photo as the shopper sees it. Each crop becomes an embedder input through the one transform
-(`vision.preprocess.to_model_input`), and the crops are embedded in one batch with the whole photo.
+The detector sees the whole-photo search's own decode (upright after EXIF rotation, DCT-scaled for large
+JPEGs), so the boxes, in fractions of that upright photo, are also fractions of the photo as the shopper
+sees it; the crops come from a larger decode (`vision.detection.find_products`, shared with Triton's
+object_crops), and are embedded in one batch with the whole photo.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from api.catalog.ranking import Match
-from vision.detection import CROP_DECODE_SIDE, Box, crop, detector_input
-from vision.preprocess import InputSpec, Limits, decode, to_model_input
+from vision.detection import Box, find_products
+from vision.preprocess import InputSpec, Limits
 from vision.runtimes import Detector
 
 
@@ -36,12 +37,13 @@ class FoundObject:
 
 
 def object_inputs(
-    data: bytes, detector: Detector, spec: InputSpec, limits: Limits
+    data: bytes, photo: Image.Image, detector: Detector, spec: InputSpec, limits: Limits
 ) -> tuple[list[Box], list[np.ndarray]]:
-    """The products the detector finds in the photo and each one's embedder input."""
-    im = decode(data, CROP_DECODE_SIDE, limits)
-    boxes = detector.detect(detector_input(im, detector.manifest.input.size)[None])[0]
-    return boxes, [to_model_input(crop(im, box), spec) for box in boxes]
+    """The products the detector finds in the photo and each one's embedder input; `photo`: the upright
+    photo as the whole-photo search decoded it."""
+    return find_products(
+        data, photo, lambda pixels: detector.detect(pixels)[0], detector.manifest.input.size, spec, limits
+    )
 
 
 def answer_objects(

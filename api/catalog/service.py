@@ -31,7 +31,7 @@ from api.catalog.records import ImageRecord, IndexUnavailable, NewImage, PhotoEr
 from api.catalog.serving import EMBED_BATCH, Serving, retire, start_serving
 from api.settings import Settings
 from vision.manifest import ModelManifest
-from vision.preprocess import ImageError, load_image, prepare_photo
+from vision.preprocess import ImageError, decode, prepare_photo, to_model_input
 from vision.runtimes import Embedder, EmbedderUnavailable
 
 log = logging.getLogger("seesku.catalog")
@@ -295,11 +295,12 @@ class CatalogService:
         t0 = time.perf_counter()
         if category is not None and not self.store.has_category(category):
             raise UnknownCategory(category)
-        pixels = load_image(data, serving.spec, self.limits)[None]
+        photo = decode(data, serving.spec.resize_size, self.limits)  # what load_image decodes
+        pixels = to_model_input(photo, serving.spec)[None]
         timings = {"sync": t0 - t_sync, "decode": time.perf_counter() - t0}
         if objects:
             t_detect = time.perf_counter()
-            boxes, crops = object_inputs(data, self.detector, serving.spec, self.limits)
+            boxes, crops = object_inputs(data, photo, self.detector, serving.spec, self.limits)
             pixels = np.concatenate([pixels, np.stack(crops)]) if crops else pixels
             timings["detect"] = time.perf_counter() - t_detect
         t1 = time.perf_counter()

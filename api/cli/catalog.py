@@ -55,14 +55,19 @@ def search(
     photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     k: Annotated[int, typer.Option(min=1, max=100)] = 10,
     category: Annotated[Optional[str], typer.Option(help="fine or coarse category filter")] = None,
+    objects: Annotated[bool, typer.Option("--objects", help="also each product found in the photo, boxed")] = False,
 ) -> None:
     """Search the catalogue in the data dir with a photo; prints the API's JSON answer."""
+    from api.catalog.objects import DetectorUnavailable
     from api.presenters import search_answer
     from api.schemas import Channel
 
     service = open_service(Settings())
     try:
-        result = service.search(photo.read_bytes(), k, category)
+        result = service.search(photo.read_bytes(), k, category, objects=objects)
         typer.echo(json.dumps(search_answer(result, service.manifest, Channel.batch.value), indent=2))
+    except DetectorUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         service.close()

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
+from api.catalog.objects import DetectorUnavailable
 from api.catalog.service import CatalogService, SearchResult
 from api.deps import get_service, get_shoppers
-from api.errors import validation_error
+from api.errors import ApiError, validation_error
 from api.presenters import search_answer
 from api.schemas import Channel, ErrorResponse, SearchResponse
 from api.shoppers import ShopperService
@@ -119,7 +120,10 @@ async def search(request: Request) -> Response:
     service = await get_service(request)
     data, fields = await read_search_photo(request, service.settings.max_upload_bytes)
     params, channel = search_params(request, fields)
-    result = await run_in_threadpool(run_search, service, await get_shoppers(request), data, params)
+    try:
+        result = await run_in_threadpool(run_search, service, await get_shoppers(request), data, params)
+    except DetectorUnavailable as exc:
+        raise ApiError(503, "detector_unavailable", f"objects=true cannot be answered: {exc}") from None
     metrics = request.app.state.metrics
     metrics.decode.observe(result.timings_ms["decode"] / 1e3)
     metrics.embed.observe(result.timings_ms["embed"] / 1e3)

@@ -85,3 +85,8 @@ def test_cli_import_export_search_roundtrip(tmp_path):
     assert found.returncode == 0, found.stderr
     answer = json.loads(found.stdout)
     assert answer["matches"][0]["product_id"] == "Granny-Smith" and answer["channel"] == "batch"
+    assert "objects" not in answer
+    boxed = seesku("search", str(SAMPLES / "catalog" / "Granny-Smith_004.jpg"), "--objects", data_dir=tmp_path / "b")
+    assert boxed.returncode == 0, boxed.stderr
+    objects = json.loads(boxed.stdout)["objects"]
+    assert len(objects) == 1 and objects[0]["matches"][0]["product_id"] == "Granny-Smith"

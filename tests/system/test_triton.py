@@ -13,7 +13,7 @@ from tests.conftest import SAMPLES, TRITON_MAX_UPLOAD_BYTES, free_port, make_set
 from tests.images import encode, noise
 from triton_models.server import REPOSITORY, TritonServer
 from vision.manifest import ModelManifest
-from vision.preprocess import Limits, load_image
+from vision.preprocess import Limits, decode, load_image
 from vision.recommender import Event
 from vision.runtimes import EmbedderUnavailable, create_embedder
 from vision.runtimes.onnx import OnnxRuntimeEmbedder, OnnxShopperScorer
@@ -159,9 +159,9 @@ def test_objects_ensemble_takes_raw_photo_bytes(triton_server, local):
     photo = grpcclient.InferInput("photo", [1], "BYTES")
     photo.set_data_from_numpy(np.array([data], dtype=object))
     result = client.infer("objects", [photo])
-    boxes, crops = object_inputs(
-        data, create_detector("onnx", REPOSITORY / "product_detector"), local.manifest.input.spec(), Limits()
-    )
+    spec = local.manifest.input.spec()
+    detector = create_detector("onnx", REPOSITORY / "product_detector")
+    boxes, crops = object_inputs(data, decode(data, spec.resize_size), detector, spec, Limits())
     want = local.embed(np.stack([load_image(data, local.manifest.input.spec()), *crops]))
     np.testing.assert_allclose(result.as_numpy("boxes"), np.stack([b.as_array() for b in boxes]), atol=1e-4)
     np.testing.assert_allclose(result.as_numpy("box_scores"), [b.score for b in boxes], atol=1e-4)

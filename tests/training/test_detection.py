@@ -58,7 +58,7 @@ def test_train_stop_resume_and_export_from_the_command_line(sample_folder, tmp_p
     resumed = seesku("train", "detector", *common, "--epochs", "2", "--resume", data_dir=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2] and all("val_ap50" in h for h in history)
+    assert [h["epoch"] for h in history] == [1, 2] and all("val_ap50" in h and "val_ap75" in h for h in history)
     manifest = DetectorManifest.load(model)
     assert manifest.input.size == 128 and len(manifest.version) == 12
     assert manifest.metrics["parity_max_score_diff"] <= 1e-3

@@ -9,7 +9,7 @@ from api.settings import REPO_ROOT
 from tests.images import encode, sample_scene
 from training.detection.metrics import match
 from vision.detection import Box, DetectorManifest, crop, decode_detections, detector_input, iou_matrix, pixel_box
-from vision.preprocess import decode
+from vision.preprocess import InputSpec, decode
 from vision.runtimes import create_detector
 
 DETECTOR = REPO_ROOT / "triton_models" / "product_detector"
@@ -48,8 +48,8 @@ def detector():
 
 
 def _found(detector, data: bytes) -> list[Box]:
-    im = decode(data, 768)
-    return detector.detect(detector_input(im, detector.manifest.input.size)[None])[0]
+    """The boxes the service finds: the detector on the whole-photo search's decode."""
+    return detector.detect(detector_input(decode(data, InputSpec().resize_size), detector.manifest.input.size)[None])[0]
 
 
 def test_the_shipped_detector_has_a_manifest_that_says_what_it_is():

@@ -23,9 +23,13 @@ for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vision.detection import CROP_DECODE_SIDE, DetectorManifest, crop, decode_detections, detector_input
+from vision.detection import DetectorManifest, decode_detections, find_products
 from vision.manifest import ModelManifest
-from vision.preprocess import ImageError, Limits, decode, load_image, to_model_input
+from vision.preprocess import ImageError, Limits, decode, to_model_input
+
+
+class DetectorFailed(RuntimeError):
+    pass
 
 
 class TritonPythonModel:
@@ -41,34 +45,38 @@ class TritonPythonModel:
             int(parameters.get("max_image_pixels") or defaults.max_pixels),
         )
 
+    def _detect(self, pixels: np.ndarray) -> list:
+        """One detector input -> its boxes, from the product_detector model (business logic scripting)."""
+        response = pb_utils.InferenceRequest(
+            model_name="product_detector",
+            requested_output_names=["scores", "boxes"],
+            inputs=[pb_utils.Tensor("pixels", pixels)],
+        ).exec()
+        if response.has_error():
+            raise DetectorFailed(f"product_detector: {response.error().message()}")
+        scores = pb_utils.get_output_tensor_by_name(response, "scores").as_numpy()[0]
+        boxes = pb_utils.get_output_tensor_by_name(response, "boxes").as_numpy()[0]
+        m = self.detector
+        return decode_detections(scores, boxes, m.score_threshold, m.nms_iou, m.max_objects)
+
     def execute(self, requests):
         return [self._one(request) for request in requests]
 
     def _one(self, request):
         photo = pb_utils.get_input_tensor_by_name(request, "photo").as_numpy().reshape(-1)[0]
         try:
-            whole = load_image(bytes(photo), self.spec, self.limits)
-            im = decode(bytes(photo), CROP_DECODE_SIDE, self.limits)
+            small = decode(bytes(photo), self.spec.resize_size, self.limits)  # the whole-photo search's decode
+            boxes, crops = find_products(
+                bytes(photo), small, self._detect, self.detector.input.size, self.spec, self.limits
+            )
         except ImageError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{exc.code}: {exc}"))
-        pixels = detector_input(im, self.detector.input.size)[None]
-        detect = pb_utils.InferenceRequest(
-            model_name="product_detector",
-            requested_output_names=["scores", "boxes"],
-            inputs=[pb_utils.Tensor("pixels", pixels)],
-        ).exec()
-        if detect.has_error():
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"product_detector: {detect.error().message()}")
-            )
-        scores = pb_utils.get_output_tensor_by_name(detect, "scores").as_numpy()[0]
-        boxes = pb_utils.get_output_tensor_by_name(detect, "boxes").as_numpy()[0]
-        m = self.detector
-        found = decode_detections(scores, boxes, m.score_threshold, m.nms_iou, m.max_objects)
-        crops = [to_model_input(crop(im, box), self.spec) for box in found]
+        except DetectorFailed as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        whole = to_model_input(small, self.spec)
         outputs = [
-            pb_utils.Tensor("boxes", np.array([b.as_array() for b in found], np.float32).reshape(-1, 4)),
-            pb_utils.Tensor("box_scores", np.array([b.score for b in found], np.float32)),
+            pb_utils.Tensor("boxes", np.array([b.as_array() for b in boxes], np.float32).reshape(-1, 4)),
+            pb_utils.Tensor("box_scores", np.array([b.score for b in boxes], np.float32)),
             pb_utils.Tensor("pixels", np.stack([whole, *crops])),
         ]
         return pb_utils.InferenceResponse(output_tensors=outputs)

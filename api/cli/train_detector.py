@@ -1,4 +1,5 @@
-"""`seesku train detector`: the product detector that finds each product of a multi-product photo (train extras)."""
+"""`seesku train detector` and `seesku export-detector`: the product detector that finds each product of a
+multi-product photo (train extras)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,14 @@ def train_detector(
     if export:
         manifest = export_detector(best, export_to, command_line(), log=lambda m: typer.echo(m, err=True))
         typer.echo(f"exported {manifest.served_id} to {export_to}", err=True)
+
+
+def export_detector(
+    checkpoint: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="a best.pt or last.pt of a run")],
+    out: Annotated[Path, typer.Option(help="model folder to write")] = REPO_ROOT / "triton_models" / "product_detector",
+) -> None:
+    """Export a detector checkpoint (graph + manifest, checked against torch, measured on val scenes)."""
+    from training.detection.export import export_detector as export
+
+    manifest = export(checkpoint, out, command_line(), log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"exported {manifest.served_id} to {out}: {manifest.metrics}", err=True)
