@@ -28,6 +28,9 @@ def tag(
     blur_threshold: Annotated[
         float, typer.Option(min=0, help="Laplacian variance below which a photo is blurry")
     ] = 60.0,
+    objects: Annotated[
+        bool, typer.Option("--objects", help="also a row per product found in each photo: its box, tags and matches")
+    ] = False,
     stall_timeout: Annotated[
         float,
         typer.Option(
@@ -37,7 +40,8 @@ def tag(
         ),
     ] = 300.0,
 ) -> None:
-    """Tag every photo: categories, closest catalogue products, near-duplicate groups, quality flags."""
+    """Tag every photo: categories, closest catalogue products, near-duplicate groups, quality flags; with
+    --objects, each product found in a photo gets a row of its own after the photo's (path#N in the state)."""
     from api.tagging.output import output_format
     from api.tagging.run import Tagger, TagOptions
     from api.tagging.sources import SourceError, list_items
@@ -49,11 +53,18 @@ def tag(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     settings = Settings()
+    if objects and settings.create_detector() is None:
+        typer.echo(f"error: --objects needs a product detector; there is none at {settings.detector_dir}", err=True)
+        raise typer.Exit(2)
     service = open_service(settings) if k else None
     matcher = service.tag_matcher() if service is not None and service.count_products() else None
     embedder = service.embedder if service else settings.create_embedder()
+    detector = None
+    if objects:
+        detector = detector_factory(settings)
     options = TagOptions(
         k=k,
+        objects=objects,
         batch=batch,
         workers=workers,
         duplicate_threshold=duplicate_threshold,
@@ -61,7 +72,7 @@ def tag(
         blur_threshold=blur_threshold,
         stall_timeout_s=stall_timeout,
     )
-    tagger = Tagger(embedder, matcher, options, settings.limits())
+    tagger = Tagger(embedder, matcher, options, settings.limits(), detector_factory=detector)
     progress, update = progress_bar("tagging")
     try:
         with progress:
@@ -77,3 +88,13 @@ def tag(
         f"at {summary.rate:.1f} photos/s; {summary.duplicate_groups} near-duplicate groups; results in {out}",
         err=True,
     )
+
+
+def detector_factory(settings: Settings):
+    """The detector each tagging worker builds for itself: in-process ONNX Runtime, one thread (a worker per
+    core), whatever runs the embedder."""
+    from functools import partial
+
+    from vision.runtimes import create_detector
+
+    return partial(create_detector, "onnx", settings.detector_dir, 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, kw_only=True)  # by name only: a positional call once put every threshold one field off
 class TagOptions:
     k: int = 3  # catalogue matches per photo
+    objects: bool = False  # also a row per product the detector finds in each photo (`seesku tag --objects`)
     batch: int = 32
     workers: int = 0  # processes that decode and embed; 0: the runtime's choice (one per core for ONNX Runtime)
     read_ahead: int = 128  # photos handed to the workers ahead of the writer at most (batches: at least workers + 1)

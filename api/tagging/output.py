@@ -13,6 +13,9 @@ from vision.files import atomic_write
 
 CSV_COLUMNS = [
     "path",
+    "object",
+    "box",
+    "object_score",
     "status",
     "fine",
     "fine_probability",
@@ -21,6 +24,7 @@ CSV_COLUMNS = [
     "matches",
     "matched",
     "match_confidence",
+    "objects",
     "duplicate_group",
     "flags",
     "blur_variance",
@@ -49,6 +53,7 @@ def format_rows(rows: Sequence[dict], fmt: str, header: bool) -> str:
             **r,
             "flags": ";".join(r.get("flags", [])),
             "matches": ";".join(f"{m['product_id']}:{m['score']:.4f}" for m in r.get("matches", [])),
+            "box": " ".join(f"{v:.4f}" for v in r["box"]) if "box" in r else None,
         }
         writer.writerow({k: ("" if v is None else v) for k, v in flat.items()})
     return buf.getvalue()

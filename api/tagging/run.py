@@ -29,11 +29,12 @@ from api.tagging.sources import Item
 from api.tagging.state import SqlTagState, TagState
 from api.tagging.workers import WorkerPool
 from vision.preprocess import Limits, torch_resize
-from vision.runtimes import Embedder, EmbedderOutput
+from vision.runtimes import Detector, Embedder, EmbedderOutput
 
 __all__ = ["Matcher", "TagOptions", "TagSummary", "Tagger"]
 Matcher = Callable[[np.ndarray, np.ndarray, int], CatalogueMatches]  # CatalogService.tag_matcher()
 FAILURES_IN_A_ROW = 3  # photos that each fail alone in a fresh worker before the run blames the workers
+OBJECT_SLOTS = 16  # with objects, a photo's rows sort at order x 16 (the photo), + 1, + 2... (its products)
 
 
 @dataclass
@@ -62,8 +63,12 @@ class Tagger:
         options: TagOptions = TagOptions(),
         limits: Limits = Limits(),
         start_method: str | None = None,
+        detector_factory: Callable[[], Detector] | None = None,
     ):
+        if options.objects and detector_factory is None:
+            raise ValueError("tagging with objects needs a product detector")
         self.plan = embedder.bulk_plan()
+        self.detector_factory = detector_factory if options.objects else None
         self.workers = options.workers or self.plan.workers
         # "fork" (the CLI default on POSIX) starts workers instantly; a threaded server, and a runtime whose
         # client library cannot cross a fork (gRPC), must use "spawn".
@@ -93,7 +98,7 @@ class Tagger:
         started = time.perf_counter()
         state = state if state is not None else TagState(out.with_name(out.name + ".state.sqlite3"))
         try:
-            state.check_meta(source=source, model=self.manifest.served_id)
+            state.check_meta(source=source, model=self.manifest.served_id, objects=str(self.options.objects))
             done = state.done_keys()
             write_output(out, state.rows())  # the output agrees with the state before anything is appended
             order = {item.key: i for i, item in enumerate(items)}
@@ -106,14 +111,15 @@ class Tagger:
                 for rows in self._batches(todo, order, should_stop):
                     state.add(rows)
                     append_output(out, [r for _, _, r, _, _ in rows])
-                    tagged += len(rows)
-                    unreadable += sum(r["status"] != "ok" for _, _, r, _, _ in rows)
+                    photos = [r for _, _, r, _, _ in rows if "object" not in r]  # not the products found in them
+                    tagged += len(photos)
+                    unreadable += sum(r["status"] != "ok" for r in photos)
                     if progress:
                         progress(finished + tagged, len(items))
             except KeyboardInterrupt:
                 write_output(out, state.rows())
                 raise
-            groups = self._finish(state, out, complete=len(state.done_keys()) >= len(items))
+            groups = self._finish(state, out, complete=set(order) <= state.done_keys())
             return TagSummary(len(items), finished + tagged, tagged, unreadable, groups, time.perf_counter() - started)
         finally:
             state.close()
@@ -220,38 +226,47 @@ class Tagger:
                     raise _Stalled from None
 
     def _pool(self) -> WorkerPool:
-        return WorkerPool(
-            self.workers, self.start_method, self.manifest.input.spec(), self.limits, self.options, self.plan.factory
-        )
+        spec = self.manifest.input.spec()
+        factory, detector = self.plan.factory, self.detector_factory
+        return WorkerPool(self.workers, self.start_method, spec, self.limits, self.options, factory, detector)
 
     def _rows(self, analysed: list[tuple[Item, dict]], out: EmbedderOutput | None, order: dict[str, int]):
-        fine_labels, coarse_labels = self.manifest.fine_labels, self.manifest.coarse_labels
+        """(key, order, row, embedding, layout) of each photo and, with objects, of each product found in it
+        after its photo (key `path#N`; no embedding: duplicates are photos)."""
         rows, i = [], 0
+        crop_row = sum(info["status"] == "ok" for _, info in analysed)  # the crops' outputs follow the photos'
+        per = OBJECT_SLOTS if self.options.objects else 1
         for item, info in analysed:
+            position = order[item.key] * per
             if info["status"] != "ok":
-                rows.append(
-                    (item.key, order[item.key], {"path": item.key, **info, "duplicate_group": None}, None, None)
-                )
+                rows.append((item.key, position, {"path": item.key, **info, "duplicate_group": None}, None, None))
                 continue
             info = dict(info)
             layout = info.pop("_layout")
-            f, c = int(out.fine_probs[i].argmax()), int(out.coarse_probs[i].argmax())
-            found = self.matcher(out.embedding[i], out.fine_probs[i], self.options.k) if self.matcher else None
-            row = {
-                "path": item.key,
-                "status": "ok",
-                "fine": fine_labels[f],
-                "fine_probability": round(float(out.fine_probs[i, f]), 4),
-                "coarse": coarse_labels[c],
-                "coarse_probability": round(float(out.coarse_probs[i, c]), 4),
-                "matches": [{"product_id": pid, "score": round(score, 4)} for pid, score in found.matches]
-                if found
-                else [],
-                "matched": found.matched if found else None,
-                "match_confidence": round(found.confidence, 4) if found else None,
-                "duplicate_group": None,
-                **info,
-            }
-            rows.append((item.key, order[item.key], row, out.embedding[i], layout))
+            boxes = info.pop("_objects", None)
+            row = {"path": item.key, "status": "ok", **self._tags(out, i), "duplicate_group": None, **info}
+            if boxes is not None:
+                row["objects"] = len(boxes)
+            rows.append((item.key, position, row, out.embedding[i], layout))
             i += 1
+            for j, box in enumerate(boxes or [], start=1):
+                found = {"path": item.key, "status": "ok", "object": j, **self._tags(out, crop_row)}
+                found |= {"box": [round(v, 4) for v in box.as_array().tolist()], "object_score": round(box.score, 4)}
+                rows.append((f"{item.key}#{j}", position + j, found, None, None))
+                crop_row += 1
         return rows
+
+    def _tags(self, out: EmbedderOutput, i: int) -> dict:
+        """Categories and catalogue matches of row `i` of the model's outputs (a photo or a product in one)."""
+        fine_labels, coarse_labels = self.manifest.fine_labels, self.manifest.coarse_labels
+        f, c = int(out.fine_probs[i].argmax()), int(out.coarse_probs[i].argmax())
+        found = self.matcher(out.embedding[i], out.fine_probs[i], self.options.k) if self.matcher else None
+        return {
+            "fine": fine_labels[f],
+            "fine_probability": round(float(out.fine_probs[i, f]), 4),
+            "coarse": coarse_labels[c],
+            "coarse_probability": round(float(out.coarse_probs[i, c]), 4),
+            "matches": [{"product_id": pid, "score": round(score, 4)} for pid, score in found.matches] if found else [],
+            "matched": found.matched if found else None,
+            "match_confidence": round(found.confidence, 4) if found else None,
+        }

@@ -19,14 +19,20 @@ import numpy as np
 from api.tagging.options import TagOptions
 from api.tagging.quality import measure
 from api.tagging.sources import Item
-from vision.preprocess import ImageError, InputSpec, Limits, prepare_photo, torch_resize
-from vision.runtimes import Embedder, EmbedderOutput
+from vision.detection import find_products
+from vision.preprocess import ImageError, InputSpec, Limits, decode, prepare_photo, torch_resize
+from vision.runtimes import Detector, Embedder, EmbedderOutput
 
 _worker: dict = {}  # this worker process's spec, limits, options, buffers and embedder
 
 
 def init_worker(
-    spec: InputSpec, limits: Limits, options: TagOptions, embedder_factory: Callable[[], Embedder], pids
+    spec: InputSpec,
+    limits: Limits,
+    options: TagOptions,
+    embedder_factory: Callable[[], Embedder],
+    pids,
+    detector_factory: Callable[[], Detector] | None = None,
 ) -> None:
     """A worker's start: `pids` (a queue) learns its process id, so that the run can kill it at once."""
     pids.put(os.getpid())
@@ -45,6 +51,7 @@ def init_worker(
     )
     try:
         _worker["embedder"] = embedder_factory()
+        _worker["detector"] = detector_factory() if options.objects and detector_factory else None
     except Exception as exc:  # raised from tag_batch instead, where the run reports it; from here it would be lost
         _worker["embedder_error"] = exc
 
@@ -62,28 +69,46 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def analyse(item: Item, out: np.ndarray) -> tuple[Item, dict]:
-    """Decode one photo into `out` (model input) and measure its quality; never raises for a bad photo."""
+def analyse(item: Item, out: np.ndarray, crops: list[np.ndarray]) -> tuple[Item, dict]:
+    """Decode one photo into `out` (model input) and measure its quality; with a detector, its products'
+    boxes too (`_objects`), their embedder inputs appended to `crops`. Never raises for a bad photo."""
+    spec, limits = _worker["spec"], _worker["limits"]
     try:
-        header, out[...] = prepare_photo(
-            item.read(_worker["zips"]), _worker["spec"], _worker["limits"], _worker["resize"]
-        )
+        data = item.read(_worker["zips"])
+        header, out[...] = prepare_photo(data, spec, limits, _worker["resize"])
+        detector = _worker.get("detector")
+        if detector is not None:
+            size = detector.manifest.input.size
+            boxes, found = find_products(
+                data, decode(data, spec.resize_size, limits), _first(detector), size, spec, limits
+            )
     except (ImageError, OSError, zipfile.BadZipFile, KeyError) as exc:
         return item, {"status": "unreadable", "error": str(exc), "flags": ["unreadable"]}
-    return item, measure(out, header.width, header.height, _worker["options"])
+    info = measure(out, header.width, header.height, _worker["options"])
+    if detector is not None:
+        crops += found
+        info["_objects"] = boxes
+    return item, info
+
+
+def _first(detector: Detector) -> Callable[[np.ndarray], list]:
+    return lambda pixels: detector.detect(pixels)[0]
 
 
 def tag_batch(items: Sequence[Item]) -> tuple[list[tuple[Item, dict]], EmbedderOutput | None]:
     """Decode a batch and embed the photos that decoded, in this worker: (item, analysis) of every photo in
-    order, and the model's outputs of the readable ones in the same order (None when none was)."""
+    order, and the model's outputs of the readable ones in the same order (None when none was), followed by
+    those of their products' crops in the same order (`--objects`)."""
     if "embedder_error" in _worker:
         raise _worker["embedder_error"]
     pixels = _worker["pixels"]
-    analysed, readable = [], 0
+    analysed, readable, crops = [], 0, []
     for item in items:
-        analysed.append(analyse(item, pixels[readable]))
+        analysed.append(analyse(item, pixels[readable], crops))
         readable += analysed[-1][1]["status"] == "ok"
-    return analysed, _worker["embedder"].embed(pixels[:readable]) if readable else None
+    if not readable:
+        return analysed, None
+    return analysed, _worker["embedder"].embed(np.concatenate([pixels[:readable], *[c[None] for c in crops]]))
 
 
 class WorkerPool:
@@ -99,12 +124,12 @@ class WorkerPool:
         limits: Limits,
         options: TagOptions,
         embedder_factory: Callable[[], Embedder],
+        detector_factory: Callable[[], Detector] | None = None,
     ):
         context = multiprocessing.get_context(start_method)
         self._pids = context.SimpleQueue()
-        self._executor = ProcessPoolExecutor(
-            workers, context, initializer=init_worker, initargs=(spec, limits, options, embedder_factory, self._pids)
-        )
+        initargs = (spec, limits, options, embedder_factory, self._pids, detector_factory)
+        self._executor = ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=initargs)
 
     def submit(self, batch: Sequence[Item]) -> Future:
         return self._executor.submit(tag_batch, batch)

@@ -362,3 +362,55 @@ def test_csv_without_path_column(tmp_path):
     (tmp_path / "list.csv").write_text("file\na.jpg\n")
     with pytest.raises(SourceError, match="'path' column"):
         list_items(tmp_path / "list.csv")
+
+
+def test_tag_objects_gives_a_row_per_product_after_its_photo_and_resumes(tmp_path):
+    """`seesku tag --objects`: a basket photo's row says how many products it holds, and each product follows
+    with its box, tags and catalogue matches; a photo of one product has one; a rerun redoes nothing."""
+    from tests.images import encode, sample_scene
+    from vision.detection import iou_matrix
+
+    scene, products = sample_scene(count=3, seed=9)
+    single = SAMPLES / "catalog" / "Granny-Smith_004.jpg"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "basket.jpg").write_bytes(encode(scene.image, "JPEG", quality=90))
+    shutil.copy(single, folder / "apple.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a photo")
+    catalogue = tmp_path / "catalog.csv"
+    sample_catalog_subset(catalogue, keep=lambda r: r["product_id"] in {*products, "Granny-Smith"})
+    assert seesku("catalog", "import", str(catalogue), data_dir=tmp_path / "data").returncode == 0
+
+    for out in (tmp_path / "tags.csv", tmp_path / "tags.jsonl"):
+        done = seesku("tag", str(folder), "--out", str(out), "--k", "1", "--objects", data_dir=tmp_path / "data")
+        assert done.returncode == 0, done.stderr
+        assert "tagged 3 photos now" in done.stderr and "1 unreadable" in done.stderr
+        if out.suffix == ".csv":
+            rows = list(csv.DictReader(open(out, newline="")))
+            boxes = [[float(v) for v in r["box"].split()] for r in rows if r["object"]]
+            top = [r["matches"].split(":")[0] for r in rows]
+        else:
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            boxes = [r["box"] for r in rows if r.get("object")]
+            top = [r["matches"][0]["product_id"] if r.get("matches") else "" for r in rows]
+        paths = [(r["path"], str(r.get("object") or "")) for r in rows]
+        assert paths == [
+            ("apple.jpg", ""),
+            ("apple.jpg", "1"),
+            ("basket.jpg", ""),
+            *[("basket.jpg", str(j)) for j in (1, 2, 3)],
+            ("broken.jpg", ""),
+        ]
+        assert str(rows[2]["objects"]) == "3" and str(rows[0]["objects"]) == "1"
+        assert top[1] == "Granny-Smith"
+        overlaps = iou_matrix(scene.boxes, boxes[1:])
+        for j, product in enumerate(products):
+            assert overlaps[j].max() >= 0.5 and top[3 + int(overlaps[j].argmax())] == product
+
+    again = seesku(
+        "tag", str(folder), "--out", str(tmp_path / "tags.csv"), "--k", "1", "--objects", data_dir=tmp_path / "data"
+    )
+    assert again.returncode == 0 and "tagged 0 photos now" in again.stderr
+    # The state belongs to a run with objects: a run without them must use another --out.
+    plain = seesku("tag", str(folder), "--out", str(tmp_path / "tags.csv"), "--k", "1", data_dir=tmp_path / "data")
+    assert plain.returncode != 0 and "objects" in plain.stderr
