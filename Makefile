@@ -73,6 +73,7 @@ bench: $(VENV)/.dev $(VENV)/.triton
 	$(BIN)/python bench/index_scale.py | tee bench/results/index_scale.json  # needs ../shared/data/grocery_store
 	$(BIN)/python bench/review_apply.py | tee bench/results/review_apply.json  # needs ../shared/data/grocery_store
 	$(BIN)/python bench/model_switch.py | tee bench/results/model_switch.json
+	$(BIN)/python bench/objects.py | tee bench/results/objects.json
 
 export-onnx: $(VENV)/.dev
 	$(BIN)/seesku export-onnx
