@@ -100,8 +100,9 @@ class Settings(BaseSettings):
         REPO_ROOT / "triton_models" / "user_recommender", description="shopper model (ONNX + manifest)"
     )
     detector_dir: Path | None = Field(
-        REPO_ROOT / "triton_models" / "product_detector",
-        description="product detector (ONNX + manifest) for searches with objects=true; unset or absent: they get a 503",
+        None,
+        description="product detector (ONNX + manifest) for searches with objects=true; unset: the int8 one under "
+        "`openvino`, the fp32 one otherwise; a folder without one: those searches get a 503",
     )
     hnsw_threshold: int = Field(20_000, gt=0, description="vectors above which the index switches to HNSW")
     index_save_interval_s: float = Field(5.0, ge=0, description="least seconds between index snapshots")
@@ -143,6 +144,9 @@ class Settings(BaseSettings):
         if self.model_dir is None:
             folder = "product_embedder_int8" if self.inference == "openvino" else "product_embedder"
             self.model_dir = REPO_ROOT / "triton_models" / folder
+        if self.detector_dir is None:
+            folder = "product_detector_int8" if self.inference == "openvino" else "product_detector"
+            self.detector_dir = REPO_ROOT / "triton_models" / folder
         return self
 
     # -- settings as objects --------------------------------------------------------------------

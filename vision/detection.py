@@ -50,6 +50,8 @@ class DetectorManifest(BaseModel):
     input: DetectorInput = DetectorInput()
     stride: int = Field(8, description="output cells are stride x stride pixels of the input")
     onnx_file: str = "1/model.onnx"
+    precision: str = Field("fp32", description="fp32, or int8 (a QDQ graph made by `seesku quantize-detector`)")
+    quantization: dict | None = Field(None, description="how an int8 graph was made and what it cost on val scenes")
     score_threshold: float = Field(0.35, description="boxes scoring lower are not products")
     nms_iou: float = Field(0.5, description="of two boxes overlapping more than this, the lower-scoring goes")
     max_objects: int = 10

@@ -91,10 +91,16 @@ def tag(
 
 
 def detector_factory(settings: Settings):
-    """The detector each tagging worker builds for itself: in-process ONNX Runtime, one thread (a worker per
-    core), whatever runs the embedder."""
+    """The detector each tagging worker builds for itself, in-process and on one thread (a worker per core):
+    the int8 graph on OpenVINO, unpinned as the embedder's workers are; an fp32 one on ONNX Runtime."""
     from functools import partial
 
-    from vision.runtimes import create_detector
+    from vision.detection import DetectorManifest
 
-    return partial(create_detector, "onnx", settings.detector_dir, 1)
+    if DetectorManifest.load(settings.detector_dir).precision == "int8":
+        from vision.runtimes.openvino import OpenVinoDetector
+
+        return partial(OpenVinoDetector, settings.detector_dir, threads=1, pinned=False)
+    from vision.runtimes.onnx import OnnxDetector
+
+    return partial(OnnxDetector, settings.detector_dir, threads=1)

@@ -1,5 +1,5 @@
-"""`seesku train detector` and `seesku export-detector`: the product detector that finds each product of a
-multi-product photo (train extras)."""
+"""`seesku train detector`, `seesku export-detector` and `seesku quantize-detector`: the product detector that
+finds each product of a multi-product photo (train extras)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,33 @@ def export_detector(
 
     manifest = export(checkpoint, out, command_line(), log=lambda m: typer.echo(m, err=True))
     typer.echo(f"exported {manifest.served_id} to {out}: {manifest.metrics}", err=True)
+
+
+def quantize_detector(
+    data: Annotated[Path, typer.Option(exists=True, help="the training data: calibration from train, gate on val")],
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="the fp32 detector folder")] = REPO_ROOT
+    / "triton_models"
+    / "product_detector",
+    out: Annotated[Path, typer.Option(help="the int8 detector folder to write")] = REPO_ROOT
+    / "triton_models"
+    / "product_detector_int8",
+    calibration: Annotated[int, typer.Option(min=1, help="scenes of train photos to calibrate on")] = 300,
+    scenes: Annotated[int, typer.Option(min=1, help="scenes of val photos for the gate")] = 200,
+) -> None:
+    """Quantize the detector to int8 with NNCF on scenes of train photos; write it only if val scenes say it kept
+    its boxes (the manifest records the calibration, both precisions' figures and the gate)."""
+    import contextlib
+    import sys
+
+    from training.detection.quantize import GateFailed
+    from training.detection.quantize import quantize_detector as run
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF draws its progress on stdout
+            manifest = run(
+                model, data, out, calibration, scenes, command=command_line(), log=lambda m: typer.echo(m, err=True)
+            )
+    except (GateFailed, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {manifest.served_id} to {out}: {manifest.quantization['gate']}", err=True)

@@ -114,3 +114,27 @@ def test_the_shipped_graph_gives_the_same_boxes_on_openvino(detector):
     assert np.abs(ov_scores - ort_scores).max() < 1e-3
     relevant = ort_scores > 0.1
     assert np.abs(ov_boxes - ort_boxes)[relevant].max() < 2e-3
+
+
+INT8 = REPO_ROOT / "triton_models" / "product_detector_int8"
+
+
+def test_the_int8_detector_finds_the_boxes_of_the_fp32_one(detector):
+    """The default under OpenVINO: `seesku quantize-detector`'s graph, gated on val scenes; on sample scenes
+    it finds the same products with boxes that overlap the fp32 ones."""
+    pytest.importorskip("openvino")
+    from api.settings import Settings
+    from vision.runtimes.openvino import OpenVinoDetector
+
+    int8 = create_detector("openvino", INT8, threads=2)
+    assert isinstance(int8, OpenVinoDetector) and Settings(inference="openvino").detector_dir == INT8
+    manifest = int8.manifest
+    assert manifest.precision == "int8" and manifest.quantization["gate"]["passed"]
+    assert manifest.quantization["parent"] == detector.manifest.served_id
+    for count in (2, 3, 4):
+        scene, _ = sample_scene(count=count, seed=20 + count)
+        pixels = detector_input(scene.image, manifest.input.size)[None]
+        want, got = detector.detect(pixels)[0], int8.detect(pixels)[0]
+        assert len(got) == len(want) == count
+        iou = iou_matrix(np.stack([b.as_array() for b in want]), np.stack([b.as_array() for b in got]))
+        assert (iou.max(axis=1) > 0.85).all()

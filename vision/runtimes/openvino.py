@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vision import detection
+from vision.detection import Box, DetectorManifest
 from vision.manifest import INPUT_NAME, OUTPUT_NAMES, ModelManifest
 from vision.runtimes import BulkPlan, EmbedderOutput
 
@@ -33,13 +35,13 @@ def _openvino():
     return openvino
 
 
-class OpenVinoEmbedder:
-    def __init__(self, model_dir: str | Path, threads: int = 0, pinned: bool = True):
+class CompiledGraph:
+    """An ONNX graph compiled by OpenVINO's CPU plugin on first use, once, however many threads ask; each
+    caller runs it on an idle infer request of its own."""
+
+    def __init__(self, path: Path, threads: int = 0, pinned: bool = True):
         _openvino()  # a missing package is a start-up error, not the first search's
-        self.model_dir = Path(model_dir)
-        self.manifest = ModelManifest.load(self.model_dir)
-        self.threads = threads
-        self.pinned = pinned
+        self.path, self.threads, self.pinned = path, threads, pinned
         self._compiled = None
         self._requests: queue.SimpleQueue = queue.SimpleQueue()  # idle infer requests, one per concurrent caller
         self._lock = threading.Lock()
@@ -52,7 +54,6 @@ class OpenVinoEmbedder:
         if self._compiled is None:
             with self._lock:
                 if self._compiled is None:
-                    ov = _openvino()
                     # f32 where the graph says fp32: on CPUs with bf16 (AVX-512 BF16, AMX) OpenVINO's default
                     # would compute the fp32 graph, and the int8 graph's fp32 parts, in bf16, a precision
                     # nobody gated (sample photos' cosine with ONNX Runtime down to 0.998). The int8 graph
@@ -65,9 +66,41 @@ class OpenVinoEmbedder:
                     }
                     if self.threads:
                         config["INFERENCE_NUM_THREADS"] = self.threads
-                    self._compiled = ov.Core().compile_model(
-                        str(self.model_dir / self.manifest.onnx_file), "CPU", config
-                    )
+                    self._compiled = _openvino().Core().compile_model(str(self.path), "CPU", config)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        self.load()
+        # An infer request serves one caller at a time; the service's threads each take an idle one.
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            request.infer(inputs)
+            return [request.get_tensor(name).data.copy() for name in outputs]
+        finally:
+            self._requests.put(request)
+
+    def close(self) -> None:
+        with self._lock:
+            self._compiled = None
+            self._requests = queue.SimpleQueue()
+
+
+class OpenVinoEmbedder:
+    def __init__(self, model_dir: str | Path, threads: int = 0, pinned: bool = True):
+        self.model_dir = Path(model_dir)
+        self.manifest = ModelManifest.load(self.model_dir)
+        self.threads = threads
+        self.pinned = pinned
+        self._graph = CompiledGraph(self.model_dir / self.manifest.onnx_file, threads, pinned)
+
+    @property
+    def loaded(self) -> bool:
+        return self._graph.loaded
+
+    def load(self) -> None:
+        self._graph.load()
 
     def health(self) -> str | None:
         return None if self.loaded else "model not loaded"
@@ -85,20 +118,31 @@ class OpenVinoEmbedder:
         size = self.manifest.input.size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
-        self.load()
-        # An infer request serves one caller at a time; the service's threads each take an idle one.
-        try:
-            request = self._requests.get_nowait()
-        except queue.Empty:
-            request = self._compiled.create_infer_request()
-        try:
-            request.infer({INPUT_NAME: pixels})
-            embedding, fine, coarse = (request.get_tensor(name).data.copy() for name in OUTPUT_NAMES)
-        finally:
-            self._requests.put(request)
-        return EmbedderOutput(embedding, fine, coarse)
+        return EmbedderOutput(*self._graph.run({INPUT_NAME: pixels}, OUTPUT_NAMES))
 
     def close(self) -> None:
-        with self._lock:
-            self._compiled = None
-            self._requests = queue.SimpleQueue()
+        self._graph.close()
+
+
+class OpenVinoDetector:
+    """The product detector's int8 graph (`seesku quantize-detector`) on OpenVINO's int8 kernels."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 0, pinned: bool = True):
+        self.model_dir = Path(model_dir)
+        self.manifest = DetectorManifest.load(self.model_dir)
+        self._graph = CompiledGraph(self.model_dir / self.manifest.onnx_file, threads, pinned)
+
+    def load(self) -> None:
+        self._graph.load()
+
+    def detect(self, pixels: np.ndarray, threshold: float | None = None) -> list[list[Box]]:
+        size = self.manifest.input.size
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
+        scores, boxes = self._graph.run({detection.INPUT_NAME: pixels}, detection.OUTPUT_NAMES)
+        m = self.manifest
+        threshold = m.score_threshold if threshold is None else threshold
+        return [detection.decode_detections(s, b, threshold, m.nms_iou, m.max_objects) for s, b in zip(scores, boxes)]
+
+    def close(self) -> None:
+        self._graph.close()

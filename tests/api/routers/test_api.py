@@ -132,10 +132,10 @@ def test_search_options_query_wins_and_each_bad_one_is_named(sample_client):
     # ... and the OpenAPI document still lists them, with the limits the route enforces
     operation = sample_client.get("/openapi.json").json()["paths"]["/v1/search"]["post"]
     params = {p["name"]: p for p in operation["parameters"]}
-    assert set(params) == {"k", "category", "user_id", "personal_weight", "x-channel"}
+    assert set(params) == {"k", "category", "user_id", "personal_weight", "objects", "x-channel"}
     assert params["k"]["schema"]["maximum"] == 100 and params["x-channel"]["in"] == "header"
     form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
-    assert set(form) == {"image", "k", "category", "user_id", "personal_weight"}
+    assert set(form) == {"image", "k", "category", "user_id", "personal_weight", "objects"}
 
 
 def test_search_category_filter_fine(sample_client):
