@@ -36,6 +36,16 @@ def sample_catalog_subset(out: Path, keep=lambda row: True, limit: int | None = 
     return chosen
 
 
+def search_json(client, data: bytes, **params) -> dict:
+    """POST /v1/search with the photo as a multipart upload: a 200 whose answer keeps to SearchResponse."""
+    from api.schemas import SearchResponse
+
+    resp = client.post("/v1/search", files={"image": ("photo.jpg", data, "image/jpeg")}, params=params)
+    assert resp.status_code == 200, resp.text
+    SearchResponse.model_validate(resp.json())
+    return resp.json()
+
+
 def seesku(*args, data_dir, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """The `seesku` command line, as a user runs it, on its own data dir."""
     env = {**os.environ, "SEESKU_DATA_DIR": str(data_dir), "SEESKU_ONNX_THREADS": "2", **(env_extra or {})}

@@ -12,7 +12,6 @@ the same on every channel, and the classes the disagreements come from.
 from __future__ import annotations
 
 import io
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from training.data import load_photos
+from training.report_files import write_result
 from vision.manifest import ModelManifest
 from vision.preprocess import InputSpec, Limits, prepare_photo
 from vision.runtimes import Embedder
@@ -205,8 +205,4 @@ def table(result: dict) -> str:
 
 
 def write(result: dict, out: Path, name: str, split: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}-{split}.json").write_text(json.dumps(result, indent=2) + "\n")
-    path = out / f"{name}-{split}.md"
-    path.write_text(table(result))
-    return path
+    return write_result(result, table(result), out, name, split)

@@ -25,10 +25,10 @@ from torch import nn
 
 from vision.backbones import REGISTRY, create_backbone
 from vision.detection import INPUT_NAME, OUTPUT_NAMES, DetectorManifest
+from vision.export import export_uint8_graph
 from vision.files import atomic_path
 from vision.runtimes.onnx import onnx_session
 
-OPSET = 18
 PARITY_MAX_SCORE_DIFF = 1e-3
 PARITY_MAX_BOX_DIFF = 2e-3  # of the photo's side
 # The EfficientNet-Lite stages whose outputs feed the head: strides 8, 16 and 32.
@@ -102,20 +102,7 @@ class ProductDetector(nn.Module):
 
 
 def export_onnx(model: ProductDetector, path: Path) -> None:
-    model.eval()
-    example = torch.zeros(2, model.input_size, model.input_size, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=256)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_shapes={"pixels": {0: batch}},
-        opset_version=OPSET,
-        dynamo=True,
-        external_data=False,
-    )
+    export_uint8_graph(model, path, model.input_size, OUTPUT_NAMES, max_batch=256)
 
 
 def parity(model: ProductDetector, onnx_path: Path, pixels: np.ndarray) -> dict[str, float]:

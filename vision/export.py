@@ -85,16 +85,22 @@ def _class_means(emb: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def export_onnx(model: ProductModel, path: Path) -> None:
+    export_uint8_graph(model, path, model.input_size, OUTPUT_NAMES, max_batch=1024)
+
+
+def export_uint8_graph(model: torch.nn.Module, path: Path, size: int, outputs: Sequence[str], max_batch: int) -> None:
+    """`model` as an ONNX graph of the house's contract: uint8 NHWC `pixels` (size x size) in, any batch up to
+    `max_batch`, the named outputs out, one file (no external data)."""
     model.eval()
-    example = torch.zeros(2, model.input_size, model.input_size, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
     torch.onnx.export(
         model,
         (example,),
         str(path),
         input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_shapes={"pixels": {0: batch}},
+        output_names=list(outputs),
+        dynamic_shapes={INPUT_NAME: {0: batch}},
         opset_version=OPSET,
         dynamo=True,
         external_data=False,

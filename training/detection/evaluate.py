@@ -15,7 +15,6 @@ returned object (none returned counts as wrong).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from training.data import load_photos
 from training.detection.composites import Scene, evaluation_scenes, jpeg
 from training.detection.metrics import average_precision, match
 from training.detection.train import _photo
+from training.report_files import write_result
 from vision.detection import detector_input, iou_matrix
 
 SEEDS = {"val": 11, "test": 12, "train": 13}
@@ -154,8 +154,4 @@ def table(result: dict) -> str:
 
 
 def write(result: dict, out: Path, name: str, split: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}-{split}.json").write_text(json.dumps(result, indent=2) + "\n")
-    path = out / f"{name}-{split}.md"
-    path.write_text(table(result))
-    return path
+    return write_result(result, table(result), out, name, split)

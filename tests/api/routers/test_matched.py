@@ -4,19 +4,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.schemas import SearchResponse
 from tests.conftest import SAMPLES, make_settings, sample_catalog_subset
+from tests.conftest import search_json as search
 from training.open_set import non_product_photos
 from vision.match_rule import match_confidence
 
 QUERY = SAMPLES / "queries" / "Beef-Tomato_002.jpg"
-
-
-def search(client, data: bytes, **params):
-    resp = client.post("/v1/search", files={"image": ("photo.jpg", data, "image/jpeg")}, params=params)
-    assert resp.status_code == 200, resp.text
-    SearchResponse.model_validate(resp.json())
-    return resp.json()
 
 
 def test_a_product_in_the_catalogue_is_matched(sample_client):

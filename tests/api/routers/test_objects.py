@@ -5,19 +5,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.schemas import SearchResponse
 from tests.conftest import SAMPLES, make_settings
+from tests.conftest import search_json as search
 from tests.images import encode, sample_scene
 from vision.detection import iou_matrix
 
 QUERY = SAMPLES / "queries" / "Beef-Tomato_002.jpg"
-
-
-def search(client, data: bytes, **params):
-    resp = client.post("/v1/search", files={"image": ("photo.jpg", data, "image/jpeg")}, params=params)
-    assert resp.status_code == 200, resp.text
-    SearchResponse.model_validate(resp.json())
-    return resp.json()
 
 
 def test_each_product_of_a_basket_photo_is_boxed_and_found(sample_client):
