@@ -33,6 +33,7 @@ def start_service(settings: Settings) -> CatalogService:
     serve (api/model_switch.py; the configured one without a request), and import the samples into an empty one."""
     service = CatalogService(settings, model_dir=requested_models(settings.database()).get("vision"))
     service.open()
+    service.load_detector()
     if settings.load_samples and service.count_products() == 0 and settings.sample_catalog.exists():
         log.info("empty catalogue: importing the sample catalogue %s", settings.sample_catalog)
         import_catalog_csv(service, settings.sample_catalog)

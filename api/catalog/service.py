@@ -88,12 +88,18 @@ class CatalogService:
         """Load the model, embed the photos it has no vectors of, load or rebuild the index, follow the log."""
         self.serving = start_serving(self, self._embedder, self._model_dir, progress)
         self.serving.follower.start()
-        if self.detector is not None:
-            try:
-                self.detector.load()  # not on the first objects search
-            except EmbedderUnavailable as exc:  # a remote detector: objects searches say 503 until it is back
-                log.warning("the product detector is not available yet: %s", exc)
         self._last_save = time.monotonic()
+
+    def load_detector(self) -> None:
+        """Load the detector now rather than on the first objects search: what a server does at start-up. Not
+        part of `open`: the command-line tools that open the catalogue never detect, and a process that has
+        compiled a second OpenVINO graph crashed in the data-loader workers it forked to train."""
+        if self.detector is None:
+            return
+        try:
+            self.detector.load()
+        except EmbedderUnavailable as exc:  # a remote detector: objects searches say 503 until it is back
+            log.warning("the product detector is not available yet: %s", exc)
 
     def switch_model(self, model_dir: Path, progress: Callable[[int, int], None] | None = None) -> str:
         """Serve the model in `model_dir` from now on, without a restart: it is loaded and the catalogue

@@ -98,16 +98,15 @@ def test_boxes_of_a_12_megapixel_photo_match_those_of_its_small_version(detector
 
 
 def test_the_shipped_graph_gives_the_same_boxes_on_openvino(detector):
-    ov = pytest.importorskip("openvino")
+    pytest.importorskip("openvino")
+    from vision.runtimes.onnx import onnx_session
+    from vision.runtimes.openvino import CompiledGraph
+
     scenes = [sample_scene(count=c, seed=10 + c)[0] for c in (2, 3, 4)]
     pixels = np.stack([detector_input(s.image, detector.manifest.input.size) for s in scenes])
-    compiled = ov.Core().compile_model(
-        str(DETECTOR / detector.manifest.onnx_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
-    )
-    result = compiled(pixels)
-    ov_scores, ov_boxes = (result[compiled.output(name)] for name in ("scores", "boxes"))
-    from vision.runtimes.onnx import onnx_session
-
+    graph = CompiledGraph(DETECTOR / detector.manifest.onnx_file, threads=2)
+    ov_scores, ov_boxes = graph.run({"pixels": pixels}, ("scores", "boxes"))
+    graph.close()
     ort_scores, ort_boxes = onnx_session(DETECTOR / detector.manifest.onnx_file).run(
         ["scores", "boxes"], {"pixels": pixels}
     )
@@ -138,3 +137,4 @@ def test_the_int8_detector_finds_the_boxes_of_the_fp32_one(detector):
         assert len(got) == len(want) == count
         iou = iou_matrix(np.stack([b.as_array() for b in want]), np.stack([b.as_array() for b in got]))
         assert (iou.max(axis=1) > 0.85).all()
+    int8.close()

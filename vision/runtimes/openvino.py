@@ -8,9 +8,11 @@ single-threaded compiled model per core, each in a process that decodes its own 
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
+import weakref
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +37,18 @@ def _openvino():
     return openvino
 
 
+_open_graphs: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_graphs() -> None:
+    """Let go of every compiled graph while the interpreter is whole: left to its teardown, OpenVINO objects
+    were destroyed in any order, and a test run that had compiled the int8 embedder and detector in one
+    process crashed on its way out."""
+    for graph in list(_open_graphs):
+        graph.close()
+
+
 class CompiledGraph:
     """An ONNX graph compiled by OpenVINO's CPU plugin on first use, once, however many threads ask; each
     caller runs it on an idle infer request of its own."""
@@ -45,6 +59,7 @@ class CompiledGraph:
         self._compiled = None
         self._requests: queue.SimpleQueue = queue.SimpleQueue()  # idle infer requests, one per concurrent caller
         self._lock = threading.Lock()
+        _open_graphs.add(self)
 
     @property
     def loaded(self) -> bool:
