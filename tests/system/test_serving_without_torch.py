@@ -6,7 +6,8 @@ from api.settings import REPO_ROOT
 
 def test_serving_modules_do_not_import_torch():
     code = (
-        "import sys, api.app, api.cli, api.catalog.service, vision.runtimes.onnx, vision.preprocess;"
+        "import sys, api.app, api.cli, api.catalog.service, api.catalog.objects, vision.runtimes.onnx,"
+        " vision.runtimes.openvino, vision.detection, vision.preprocess;"
         "api.app.create_app(); bad = [m for m in ('torch', 'timm', 'torchvision') if m in sys.modules];"
         "assert not bad, bad"
     )
