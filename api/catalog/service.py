@@ -91,13 +91,15 @@ class CatalogService:
         self._last_save = time.monotonic()
 
     def load_detector(self) -> None:
-        """Load the detector now rather than on the first objects search: what a server does at start-up. Not
-        part of `open`: the command-line tools that open the catalogue never detect, and a process that has
-        compiled a second OpenVINO graph crashed in the data-loader workers it forked to train."""
+        """Load (and run once) the detector now rather than on the first objects search: what a server does at
+        start-up. Not part of `open`: the command-line tools that open the catalogue never detect, and a process
+        that had compiled a second OpenVINO graph crashed in the data-loader workers it forked to train."""
         if self.detector is None:
             return
         try:
             self.detector.load()
+            size = self.detector.manifest.input.size
+            self.detector.detect(np.zeros((1, size, size, 3), np.uint8))  # a runtime's first run is its slowest
         except EmbedderUnavailable as exc:  # a remote detector: objects searches say 503 until it is back
             log.warning("the product detector is not available yet: %s", exc)
 
