@@ -65,6 +65,12 @@ class DetectorManifest(BaseModel):
     def served_id(self) -> str:
         return f"{self.model_id}:{self.version}"
 
+    def decode(self, scores: np.ndarray, boxes: np.ndarray, threshold: float | None = None) -> list[list[Box]]:
+        """A batch of the graph's outputs -> each photo's products (`decode_detections` with this model's
+        suppression and cap; its score threshold unless `threshold` says another)."""
+        threshold = self.score_threshold if threshold is None else threshold
+        return [decode_detections(s, b, threshold, self.nms_iou, self.max_objects) for s, b in zip(scores, boxes)]
+
     @classmethod
     def load(cls, model_dir: str | Path) -> DetectorManifest:
         path = Path(model_dir) / MANIFEST_NAME

@@ -90,6 +90,15 @@ class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> Limits:
+        """The limits a Triton model's config parameters set (`seesku triton serve` writes the service's own);
+        the defaults where one is empty or missing."""
+        return cls(
+            int(parameters.get("max_upload_bytes") or DEFAULT_MAX_BYTES),
+            int(parameters.get("max_image_pixels") or DEFAULT_MAX_PIXELS),
+        )
+
 
 def open_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
     """Open (header only) and check limits before any pixel is decoded."""

@@ -24,7 +24,7 @@ from PIL import Image
 
 from training.data import load_photos
 from training.detection.composites import Scene, evaluation_scenes, jpeg
-from training.detection.metrics import average_precision, match
+from training.detection.metrics import average_precision, match, recall_and_false
 from training.detection.train import _photo
 from training.report_files import write_result
 from vision.detection import detector_input, iou_matrix
@@ -43,17 +43,7 @@ def scene_photos(data: Path, split: str) -> tuple[list[tuple[Image.Image, int]],
 
 def _sweep(found_low: list, scenes: list[Scene]) -> dict[str, dict[str, float]]:
     """Recall and false objects per photo of the detector alone at each score threshold."""
-    rows = {}
-    for t in SWEEP:
-        hits, false = 0, 0
-        for boxes, scene in zip(found_low, scenes):
-            kept = [b for b in boxes if b.score >= t]
-            matched = match(kept, scene.boxes, 0.5)
-            hits += sum(m >= 0 for m in matched)
-            false += sum(m < 0 for m in matched)
-        total = sum(len(s.boxes) for s in scenes)
-        rows[f"{t:.2f}"] = {"recall": hits / max(total, 1), "false_per_photo": false / len(scenes)}
-    return rows
+    return {f"{t:.2f}": recall_and_false(found_low, [s.boxes for s in scenes], t) for t in SWEEP}
 
 
 def evaluate_objects(

@@ -49,3 +49,13 @@ def average_precision(found: Sequence[Sequence[Box]], truth: Sequence[np.ndarray
     precision = np.concatenate([[1.0], precision, [0.0]])
     precision = np.maximum.accumulate(precision[::-1])[::-1]
     return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
+
+
+def recall_and_false(found: Sequence[Sequence[Box]], truth: Sequence[np.ndarray], threshold: float) -> dict[str, float]:
+    """The boxes scoring at least `threshold`: the share of true boxes found (IoU >= 0.5) and the boxes per photo
+    that find none (false objects, second boxes on a product included)."""
+    hits = [match([b for b in boxes if b.score >= threshold], true, 0.5) for boxes, true in zip(found, truth)]
+    return {
+        "recall": sum(sum(h >= 0 for h in hs) for hs in hits) / max(1, sum(len(t) for t in truth)),
+        "false_per_photo": sum(sum(h < 0 for h in hs) for hs in hits) / max(1, len(truth)),
+    }

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from training.detection.composites import TrainingScenes, evaluation_scenes
-from training.detection.metrics import average_precision, match
+from training.detection.metrics import average_precision, recall_and_false
 from training.detection.train import load_sources
 from vision.detection import INPUT_NAME, Box, DetectorManifest, detector_input, iou_matrix
 from vision.detector import STAGES
@@ -48,13 +48,7 @@ def head_nodes(model) -> list[str]:
 
 
 def _figures(found_low: list[list[Box]], truth: list[np.ndarray], threshold: float) -> dict[str, float]:
-    kept = [[b for b in boxes if b.score >= threshold] for boxes in found_low]
-    hits = [match(k, t, 0.5) for k, t in zip(kept, truth)]
-    return {
-        "ap50": average_precision(found_low, truth, 0.5),
-        "recall": sum(sum(h >= 0 for h in hs) for hs in hits) / max(1, sum(len(t) for t in truth)),
-        "false_per_photo": sum(sum(h < 0 for h in hs) for hs in hits) / max(1, len(truth)),
-    }
+    return {"ap50": average_precision(found_low, truth, 0.5), **recall_and_false(found_low, truth, threshold)}
 
 
 def _box_agreement(a: list[list[Box]], b: list[list[Box]]) -> float:

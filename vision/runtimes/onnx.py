@@ -110,9 +110,7 @@ class OnnxDetector:
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
         scores, boxes = self._session.get().run(list(detection.OUTPUT_NAMES), {detection.INPUT_NAME: pixels})
-        m = self.manifest
-        threshold = m.score_threshold if threshold is None else threshold
-        return [detection.decode_detections(s, b, threshold, m.nms_iou, m.max_objects) for s, b in zip(scores, boxes)]
+        return self.manifest.decode(scores, boxes, threshold)
 
     def close(self) -> None:
         self._session.close()

@@ -155,9 +155,7 @@ class OpenVinoDetector:
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 (N, {size}, {size}, 3), got {pixels.dtype} {pixels.shape}")
         scores, boxes = self._graph.run({detection.INPUT_NAME: pixels}, detection.OUTPUT_NAMES)
-        m = self.manifest
-        threshold = m.score_threshold if threshold is None else threshold
-        return [detection.decode_detections(s, b, threshold, m.nms_iou, m.max_objects) for s, b in zip(scores, boxes)]
+        return self.manifest.decode(scores, boxes, threshold)
 
     def close(self) -> None:
         self._graph.close()

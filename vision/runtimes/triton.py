@@ -281,9 +281,7 @@ class TritonDetector(_TritonClient):
         wait_s = (self.retries + 1) * (self.timeout_s + 0.5) + 1
         inputs = {detection.INPUT_NAME: pixels}
         scores, boxes = self._run(self._infer(self.model_name, inputs, detection.OUTPUT_NAMES), wait_s)
-        m = self.manifest
-        threshold = m.score_threshold if threshold is None else threshold
-        return [detection.decode_detections(s, b, threshold, m.nms_iou, m.max_objects) for s, b in zip(scores, boxes)]
+        return self.manifest.decode(scores, boxes, threshold)
 
 
 def _message(exc: BaseException) -> str:

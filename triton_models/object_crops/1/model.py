@@ -23,7 +23,7 @@ for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vision.detection import DetectorManifest, decode_detections, find_products
+from vision.detection import DetectorManifest, find_products
 from vision.manifest import ModelManifest
 from vision.preprocess import ImageError, Limits, decode, to_model_input
 
@@ -39,11 +39,7 @@ class TritonPythonModel:
         self.detector = DetectorManifest.load(repository / "product_detector")
         config = json.loads(args["model_config"])
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        defaults = Limits()
-        self.limits = Limits(
-            int(parameters.get("max_upload_bytes") or defaults.max_bytes),
-            int(parameters.get("max_image_pixels") or defaults.max_pixels),
-        )
+        self.limits = Limits.from_parameters(parameters)
 
     def _detect(self, pixels: np.ndarray) -> list:
         """One detector input -> its boxes, from the product_detector model (business logic scripting)."""
@@ -56,8 +52,7 @@ class TritonPythonModel:
             raise DetectorFailed(f"product_detector: {response.error().message()}")
         scores = pb_utils.get_output_tensor_by_name(response, "scores").as_numpy()[0]
         boxes = pb_utils.get_output_tensor_by_name(response, "boxes").as_numpy()[0]
-        m = self.detector
-        return decode_detections(scores, boxes, m.score_threshold, m.nms_iou, m.max_objects)
+        return self.detector.decode(scores[None], boxes[None])[0]
 
     def execute(self, requests):
         return [self._one(request) for request in requests]

@@ -31,11 +31,7 @@ class TritonPythonModel:
         self.spec = ModelManifest.load(repository / "product_embedder").input.spec()
         config = json.loads(args["model_config"])
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        defaults = Limits()
-        self.limits = Limits(
-            int(parameters.get("max_upload_bytes") or defaults.max_bytes),
-            int(parameters.get("max_image_pixels") or defaults.max_pixels),
-        )
+        self.limits = Limits.from_parameters(parameters)
 
     def execute(self, requests):
         responses = []
