@@ -104,7 +104,8 @@ def test_review_apply_then_find_it_and_edit_the_catalogue(server, browser, tmp_p
     screenshot(page, "catalog.png")
     page.get_by_label("Name", exact=True).fill("Striped tea towel")
     page.get_by_role("button", name="Save").click()
-    page.wait_for_function("() => document.querySelector('#product-title').textContent.startsWith('Striped')")
+    page.wait_for_function("() => document.querySelector('#saved').textContent === 'Saved.'")
+    assert page.locator("#product-title").inner_text().startswith("Striped")
     assert page.get_by_role("button", name="Striped tea towel").count() == 1  # the list shows the new name
     page.get_by_role("button", name="Remove photo").first.click()
     page.wait_for_function("() => document.querySelector('#saved').textContent.includes('no longer matches')")

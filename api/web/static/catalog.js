@@ -89,9 +89,8 @@ $("edit").onsubmit = (e) => {
   const id = state.product.product_id;
   shown((async () => {
     await call(`/v1/products/${encodeURIComponent(id)}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    await openProduct(id);
-    $("saved").textContent = "Saved.";
-    await loadPage();
+    await Promise.all([openProduct(id), loadPage()]);
+    $("saved").textContent = "Saved.";  // only once the list shows the new name too
   })());
 };
 
