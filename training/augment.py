@@ -117,18 +117,25 @@ def phone_photo_augment(size: int, channel_p: float = 0.0) -> T.Compose:
 
 
 class AugmentedPhotos(torch.utils.data.Dataset):
-    def __init__(self, cache: np.ndarray, channel_p: float = 0.0):
+    """The augmented photo; with `twins`, also its channel twin: the same augmented view re-delivered by a
+    channel, for the consistency loss (the two must get the same answer)."""
+
+    def __init__(self, cache: np.ndarray, channel_p: float = 0.0, twins: bool = False):
         self.cache = cache
         self.channel_p = channel_p
+        self.twins = twins
         self.size = 224
         self.seed = 0
 
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(np.array(self.cache[index])).permute(2, 0, 1)  # copy out of the read-only memmap
-        return phone_photo_augment(self.size, self.channel_p)(image)
+        view = phone_photo_augment(self.size, self.channel_p)(image)
+        if not self.twins:
+            return view
+        return view, T.Resize((self.size, self.size), antialias=True)(ChannelDelivery(1.0)(view))
 
 
 def pk_batches(labels: np.ndarray, iconic_rows: dict[int, int], p: int, k: int, seed: int) -> list[list[int]]:

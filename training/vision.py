@@ -65,6 +65,9 @@ class TrainConfig:
     # Share of training photos re-delivered by a channel first (re-encoded, palette, web-sized, DCT-scaled
     # decode; training/augment.py): the same photo should get the same answer from every channel.
     channel_p: float = 0.0
+    # Weight of the consistency loss between each photo and its channel twin (the same view re-delivered by
+    # a channel): KL of the fine head's answer and cosine of the embeddings, the twin as the fixed target.
+    consistency_weight: float = 0.0
     # A fine-tuned checkpoint to start from instead of ImageNet (its backbone and embedding; heads whose label
     # space differs start anew): how the catalogue's own photos teach the served model more.
     init: str | None = None
@@ -285,7 +288,7 @@ def train(config: TrainConfig, resume: bool = False, ui=None) -> Path:
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
 
     meta = checkpoint_meta(train_set, config)
-    dataset = AugmentedPhotos(cache, config.channel_p)
+    dataset = AugmentedPhotos(cache, config.channel_p, twins=config.consistency_weight > 0)
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation randomness, reproducible on resume
         dataset.size = config.size_for_epoch(epoch)
@@ -352,9 +355,11 @@ def train_epoch(
     update=None,
 ) -> tuple[int, float]:
     """One pass over `steps` ((images, their rows) batches): cross-entropy on both heads plus SupCon on the
-    embedding. Returns the photos seen and the summed loss; `update(step, running loss, images/s)`."""
+    embedding, plus the channel-consistency loss when the batches carry twins. Returns the photos seen and
+    the summed loss; `update(step, running loss, images/s)`."""
     started, seen, running, total_loss = time.perf_counter(), 0, None, 0.0
     for step, (images, index) in enumerate(steps):
+        images, twins = images if isinstance(images, (tuple, list)) else (images, None)
         y_fine = torch.from_numpy(labels[index])
         y_coarse = torch.from_numpy(coarse[index])
         embedding, fine_logits, coarse_logits = train_logits(model, images)
@@ -362,6 +367,8 @@ def train_epoch(
         loss_coarse = F.cross_entropy(coarse_logits, y_coarse, label_smoothing=config.label_smoothing)
         loss_metric = supcon_loss(embedding, y_fine, config.supcon_temperature)
         loss = loss_fine + config.coarse_weight * loss_coarse + config.supcon_weight * loss_metric
+        if twins is not None:
+            loss = loss + config.consistency_weight * consistency_loss(model, twins, embedding, fine_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -372,6 +379,19 @@ def train_epoch(
         if update:
             update(step + 1, running, seen / (time.perf_counter() - started))
     return seen, total_loss
+
+
+def consistency_loss(
+    model: ProductModel, twins: torch.Tensor, embedding: torch.Tensor, fine_logits: torch.Tensor
+) -> torch.Tensor:
+    """How far each photo's answer is from its channel twin's: KL divergence of the fine head's distributions
+    plus 1 - cosine of the embeddings. The twin is a fixed target (no gradient), which costs one forward pass
+    instead of a second training pass; the photo itself is channel-delivered a share `channel_p` of the time,
+    so both directions are taught."""
+    with torch.no_grad():
+        twin_embedding, twin_logits, _ = train_logits(model, twins)
+    kl = F.kl_div(fine_logits.log_softmax(dim=1), twin_logits.log_softmax(dim=1), log_target=True, reduction="batchmean")
+    return kl + (1 - (embedding * twin_embedding).sum(dim=1)).mean()
 
 
 def load_checkpoint(path: str | Path) -> tuple[ProductModel, dict]:

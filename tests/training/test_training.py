@@ -190,6 +190,24 @@ def test_training_lowers_the_loss_in_two_epochs(tiny_folder, tmp_path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "last.pt").exists()
 
 
+def test_consistency_loss_is_zero_for_a_twin_alike_and_positive_for_another_photo(tiny_folder, tmp_path):
+    from training.vision import consistency_loss, train_logits
+
+    model, _ = load_checkpoint(train(_config(tiny_folder, tmp_path / "run", epochs=1)))
+    torch.manual_seed(0)
+    photos = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    embedding, fine, _ = train_logits(model, photos)
+    assert consistency_loss(model, photos, embedding, fine).item() == pytest.approx(0.0, abs=1e-5)
+    assert consistency_loss(model, photos.flip(0), embedding, fine).item() > 1e-3
+
+
+def test_training_with_channel_twins_records_the_recipe(tiny_folder, tmp_path):
+    best = train(_config(tiny_folder, tmp_path / "run", channel_p=0.5, consistency_weight=1.0))
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[1]["loss"] < history[0]["loss"]
+    assert torch.load(best, weights_only=False)["config"]["consistency_weight"] == 1.0
+
+
 class _StopAfterFirstEpoch:
     """Stands in for the progress UI and interrupts like Ctrl-C right after the first checkpoint."""
 
