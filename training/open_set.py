@@ -13,8 +13,9 @@ Three kinds of photo, all searched through the service (passed in: training/ doe
 
 On val the threshold is put at the 97.5th percentile of the negatives' confidences: the served model was
 fit on train + val, so val's positives sit higher than unseen photos would, and the cut is set by what
-must be rejected, with a margin over the 90 % the issue asks. Other splits are measured with the model's
-stored rule, never calibrated on.
+must be rejected, with a margin over the 90 % the issue asks. Or it is given (`--threshold`): the point a
+train-only model of the same recipe reached on val, where val photos are unseen as they will be in use.
+Other splits are measured with the model's stored rule, never calibrated on.
 """
 
 from __future__ import annotations
@@ -158,10 +159,22 @@ def calibrate(rows: list[tuple[str, bool, float]]) -> float:
 
 
 def evaluate_open_set(
-    data: Path, split: str, service: SearchService, rule: MatchRule, non_products: int = 160, log=print
+    data: Path,
+    split: str,
+    service: SearchService,
+    rule: MatchRule,
+    non_products: int = 160,
+    log=print,
+    threshold: float | None = None,
 ) -> tuple[dict, float]:
-    """The figures on `split` and the threshold they are measured at: calibrated here on val, the stored
-    rule's elsewhere."""
+    """The figures on `split` and the threshold they are measured at: on val the given `threshold` (one
+    calibrated on unseen photos, for a final fit whose val is memorised) or else one calibrated here; the
+    stored rule's on other splits."""
+    if threshold is not None and split != "val":
+        raise ValueError("a threshold is set on val only; other splits measure the model's stored rule")
     rows = collect(data, split, service, non_products, log)
-    threshold = calibrate(rows) if split == "val" else rule.threshold
+    if split == "val":
+        threshold = calibrate(rows) if threshold is None else threshold
+    else:
+        threshold = rule.threshold
     return {"split": split, "model": service.model_id, **figures(rows, threshold)}, threshold

@@ -390,7 +390,9 @@ def consistency_loss(
     so both directions are taught."""
     with torch.no_grad():
         twin_embedding, twin_logits, _ = train_logits(model, twins)
-    kl = F.kl_div(fine_logits.log_softmax(dim=1), twin_logits.log_softmax(dim=1), log_target=True, reduction="batchmean")
+    kl = F.kl_div(
+        fine_logits.log_softmax(dim=1), twin_logits.log_softmax(dim=1), log_target=True, reduction="batchmean"
+    )
     return kl + (1 - (embedding * twin_embedding).sum(dim=1)).mean()
 
 

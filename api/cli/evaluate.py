@@ -136,6 +136,14 @@ def eval_open_set(
     runtime: ServiceRuntime = None,
     non_products: Annotated[int, typer.Option(min=8, help="generated pictures of no product")] = 160,
     write_rule: Annotated[bool, typer.Option(help="on val: write match_rule.json into the model folder")] = True,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0,
+            max=1,
+            help="on val: this threshold instead of calibrating one (a final fit's val is memorised: give the one a train-only model of its recipe reached on val)",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder for the result JSON")] = REPO_ROOT
     / "training"
     / "reports"
@@ -147,14 +155,25 @@ def eval_open_set(
     from training.open_set import NEGATIVE_QUANTILE, evaluate_open_set
     from vision.match_rule import MatchRule
 
+    if threshold is not None and split != "val":
+        typer.echo("error: --threshold sets the rule on val; other splits measure the stored one", err=True)
+        raise typer.Exit(2)
+    given = threshold
     with sample_catalogue_service(model, runtime) as service:
         model_dir = service.settings.model_dir
         result, threshold = evaluate_open_set(
-            data, split, service, service.match_rule, non_products, log=lambda m: typer.echo(m, err=True)
+            data,
+            split,
+            service,
+            service.match_rule,
+            non_products,
+            log=lambda m: typer.echo(m, err=True),
+            threshold=given,
         )
     if split == "val" and write_rule:
         rule = MatchRule(threshold, f"{data.name}:{split}", service.model_id, command_line(), result)
-        typer.echo(f"wrote {rule.save(model_dir)} (the {NEGATIVE_QUANTILE}th percentile of the negatives)", err=True)
+        how = "as given" if given is not None else f"the {NEGATIVE_QUANTILE}th percentile of the negatives"
+        typer.echo(f"wrote {rule.save(model_dir)} ({how})", err=True)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"open-set-{service.model_id.replace(':', '-')}-{split}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

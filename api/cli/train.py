@@ -50,8 +50,7 @@ def train_vision(
         float, typer.Option(min=0, max=1, help="share of photos re-delivered by a channel (re-encoded, resized) first")
     ] = 0.0,
     consistency: Annotated[
-        float,
-        typer.Option(min=0, help="weight of the loss between a photo's answer and its channel twin's (0: off)"),
+        float, typer.Option(min=0, help="weight of the loss between a photo's answer and its channel twin's (0: off)")
     ] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps_per_epoch: Annotated[int, typer.Option(help="0: full epochs")] = 0,

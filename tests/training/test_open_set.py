@@ -41,3 +41,12 @@ def test_error_rates_at_the_threshold_and_the_operating_points():
 def test_generated_non_products_are_seeded():
     first, again, other = non_product_photos(8, seed=1), non_product_photos(8, seed=1), non_product_photos(8, seed=2)
     assert first == again and first != other and len({kind for kind, _ in first}) == 8
+
+
+def test_a_given_threshold_is_for_val_only():
+    from training.open_set import evaluate_open_set
+    from vision.match_rule import MatchRule
+
+    # Other splits measure the model's stored rule: setting one there would tune on them.
+    with pytest.raises(ValueError, match="val only"):
+        evaluate_open_set(None, "test", None, MatchRule(), threshold=0.7)
