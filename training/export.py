@@ -174,5 +174,8 @@ def _train_command(config: TrainConfig) -> str:
         f"seesku train vision --data {config.data} --out {config.out} --backbone {config.backbone} "
         f"--epochs {config.epochs} --sizes {','.join(map(str, config.sizes))} --freeze-blocks {config.freeze_blocks} "
         f"--lr {config.lr:g} --backbone-lr-mult {config.backbone_lr_mult:g} --seed {config.seed}"
+        + (f" --channel-p {config.channel_p:g}" if config.channel_p else "")
+        + (f" --consistency {config.consistency_weight:g}" if config.consistency_weight else "")
+        + (f" --init {config.init}" if config.init else "")
         + (f" --fit-through {config.fit_through}" if config.fit_through != "train" else "")
     )

@@ -208,6 +208,17 @@ def test_training_with_channel_twins_records_the_recipe(tiny_folder, tmp_path):
     assert torch.load(best, weights_only=False)["config"]["consistency_weight"] == 1.0
 
 
+def test_the_reproduce_command_names_every_recipe_option(tmp_path):
+    from training.export import _train_command
+
+    # The served manifest's command is how the model is rebuilt: a left-out option rebuilds another model.
+    command = _train_command(
+        _config("data", tmp_path / "run", channel_p=0.5, consistency_weight=1.0, init="a.pt", fit_through="val")
+    )
+    assert "--channel-p 0.5 --consistency 1 --init a.pt --fit-through val" in command
+    assert "--channel-p" not in _train_command(_config("data", tmp_path / "run"))
+
+
 class _StopAfterFirstEpoch:
     """Stands in for the progress UI and interrupts like Ctrl-C right after the first checkpoint."""
 
