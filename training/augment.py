@@ -158,7 +158,7 @@ def pk_batches(labels: np.ndarray, iconic_rows: dict[int, int], p: int, k: int, 
     return [batches[i] for i in order]
 
 
-# ---------------------------------------------------------------------------------------------- losses
+# ---------------------------------------------------------------------------------------------- loading
 
 
 def epoch_loader(dataset: AugmentedPhotos, batches: list[list[int]]) -> torch.utils.data.DataLoader:

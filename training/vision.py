@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from training.augment import AugmentedPhotos, decoded_cache, epoch_loader, pk_batches
 from training.checkpoints import resume_state, save_atomically
 from training.data import PhotoSet, load_photos
+from training.losses import consistency_loss, supcon_loss
 from vision.backbones import REGISTRY
 from vision.model import ProductModel
 from vision.preprocess import InputSpec, load_image
@@ -87,21 +88,6 @@ class TrainConfig:
 
     def size_for_epoch(self, epoch: int) -> int:
         return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // max(1, self.epochs))]
-
-
-# ---------------------------------------------------------------------------------------------- data
-def supcon_loss(embedding: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Supervised contrastive loss over a batch of L2-normalised embeddings."""
-    n = len(embedding)
-    self_mask = torch.eye(n, dtype=torch.bool, device=embedding.device)
-    logits = (embedding @ embedding.t() / temperature).masked_fill(self_mask, float("-inf"))
-    log_prob = logits.log_softmax(dim=1)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
-    has_positive = positives.any(dim=1)
-    if not has_positive.any():
-        return embedding.sum() * 0.0
-    per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
-    return per_anchor[has_positive].mean()
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -368,7 +354,10 @@ def train_epoch(
         loss_metric = supcon_loss(embedding, y_fine, config.supcon_temperature)
         loss = loss_fine + config.coarse_weight * loss_coarse + config.supcon_weight * loss_metric
         if twins is not None:
-            loss = loss + config.consistency_weight * consistency_loss(model, twins, embedding, fine_logits)
+            with torch.no_grad():  # the twin is a fixed target: one forward pass, no second training pass
+                twin_embedding, twin_logits, _ = train_logits(model, twins)
+            consistency = consistency_loss(embedding, fine_logits, twin_embedding, twin_logits)
+            loss = loss + config.consistency_weight * consistency
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -379,21 +368,6 @@ def train_epoch(
         if update:
             update(step + 1, running, seen / (time.perf_counter() - started))
     return seen, total_loss
-
-
-def consistency_loss(
-    model: ProductModel, twins: torch.Tensor, embedding: torch.Tensor, fine_logits: torch.Tensor
-) -> torch.Tensor:
-    """How far each photo's answer is from its channel twin's: KL divergence of the fine head's distributions
-    plus 1 - cosine of the embeddings. The twin is a fixed target (no gradient), which costs one forward pass
-    instead of a second training pass; the photo itself is channel-delivered a share `channel_p` of the time,
-    so both directions are taught."""
-    with torch.no_grad():
-        twin_embedding, twin_logits, _ = train_logits(model, twins)
-    kl = F.kl_div(
-        fine_logits.log_softmax(dim=1), twin_logits.log_softmax(dim=1), log_target=True, reduction="batchmean"
-    )
-    return kl + (1 - (embedding * twin_embedding).sum(dim=1)).mean()
 
 
 def load_checkpoint(path: str | Path) -> tuple[ProductModel, dict]:
